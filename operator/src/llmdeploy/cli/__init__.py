@@ -1,0 +1,133 @@
+"""The `llmdeploy` command line: `crd`, `render`, `serve` and `operator`.
+
+Bad input ends with one line per problem on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from llmdeploy.operator.errors import LLMDeployError, ManifestError, SpecError
+
+DEFAULT_EXAMPLE = "examples/tiny-cpu.yaml"
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings (serveConfigV2) as `|` blocks, so rendered YAML stays readable."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(objects: Sequence[dict[str, Any]]) -> str:
+    return yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False, width=100, explicit_start=True)
+
+
+def _fail(exc: LLMDeployError) -> None:
+    lines = exc.problems if isinstance(exc, SpecError) else [str(exc)]
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmdeploy")
+def cli() -> None:
+    """Serve LLMs on Kubernetes from one LLMDeployment resource (Ray Serve + vLLM)."""
+
+
+@cli.command()
+def crd() -> None:
+    """Print the LLMDeployment CustomResourceDefinition (kubectl apply -f -)."""
+    from llmdeploy.operator.crd import render_crd_yaml
+
+    click.echo(render_crd_yaml(), nl=False)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--namespace", "-n", default=None, help="Namespace for objects whose manifest sets none.")
+def render(files: tuple[str, ...], namespace: str | None) -> None:
+    """Print the RayServices the operator would create for FILES ('-' reads stdin)."""
+    from llmdeploy.operator.manifest import load_manifests
+    from llmdeploy.operator.render import Owner, render_rayservice
+
+    rendered = []
+    try:
+        for path in files:
+            for obj, report in load_manifests(path, sys.stdin if path == "-" else None):
+                own_ns = "namespace" in obj.metadata.model_fields_set
+                ns = obj.metadata.namespace if own_ns else (namespace or "default")
+                rendered.append(
+                    render_rayservice(Owner(obj.metadata.name, ns), obj.spec, served_model_name=obj.served_model_name)
+                )
+                for note in report.notes:
+                    click.echo(f"note: {path}: {obj.metadata.name}: {note}", err=True)
+    except (ManifestError, SpecError) as exc:
+        _fail(exc)
+    click.echo(dump_yaml(rendered), nl=False)
+
+
+@cli.command()
+@click.argument("file", required=False)
+@click.option("--port", default=8000, show_default=True, help="HTTP port of the OpenAI-compatible API.")
+def serve(file: str | None, port: int) -> None:
+    """Serve FILE (an LLMDeployment) on this machine with Ray Serve and vLLM.
+
+    Without FILE, serves the bundled examples/tiny-cpu.yaml: a tiny model built locally.
+    """
+    path = file or str(Path(DEFAULT_EXAMPLE))
+    try:
+        from llmdeploy.serving.local import run_local
+    except ImportError as exc:
+        click.echo(f"error: serving needs the [serving] extra and vLLM ({exc}); run `make serve`", err=True)
+        sys.exit(1)
+    try:
+        run_local(path, port=port)
+    except LLMDeployError as exc:
+        _fail(exc)
+
+
+@cli.command("operator")
+@click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch only these namespaces (repeatable).")
+@click.option(
+    "--standalone/--peering",
+    default=False,
+    show_default=True,
+    help="Standalone skips kopf peering (only for a single operator instance).",
+)
+@click.option("--liveness", default="http://0.0.0.0:8081/healthz", show_default=True, help="Liveness endpoint URL.")
+@click.option("--verbose", is_flag=True, help="Debug logging.")
+def operator_command(namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool) -> None:
+    """Run the operator (kopf) against the current cluster."""
+    import logging
+
+    import kopf
+
+    import llmdeploy.operator.handlers
+    import llmdeploy.operator.settings  # noqa: F401
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    kopf.run(
+        standalone=standalone,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="llmdeploy")

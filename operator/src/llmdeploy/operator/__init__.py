@@ -1,0 +1,1 @@
+"""The LLMDeployment operator: API models, validation, rendering and the kopf controller."""

@@ -1,0 +1,129 @@
+"""RayService status -> LLMDeployment status. Pure, so it is tested without a cluster.
+
+KubeRay reports readiness as conditions on the RayService and the Serve application's
+health under `activeServiceStatus.applicationStatuses.<app>`; this module turns them into
+`Ready`/`Progressing`/`Degraded`, a phase and replica counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from llmdeploy.operator import conditions as cond
+from llmdeploy.operator.api import ConditionType, Phase
+from llmdeploy.operator.conditions import Reason
+from llmdeploy.serving.config import APPLICATION_NAME
+
+
+@dataclass(frozen=True)
+class ChildHealth:
+    """What the RayService says about the application, in our terms."""
+
+    ready: bool
+    progressing: bool
+    failed: bool
+    reason: Reason
+    message: str
+
+
+def _deployment_messages(app: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name, dep in sorted((app.get("serveDeploymentStatuses") or {}).items()):
+        if dep.get("status") not in (None, "HEALTHY"):
+            text = f"{name}: {dep.get('status')}"
+            if dep.get("message"):
+                text += f" ({dep['message']})"
+            out.append(text)
+    return out
+
+
+def child_health(rayservice: Mapping[str, Any] | None) -> ChildHealth:
+    if rayservice is None:
+        return ChildHealth(False, True, False, Reason.RAYSERVICE_NOT_FOUND, "the RayService does not exist yet")
+    status = rayservice.get("status") or {}
+    rs_conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    app = ((status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}).get(APPLICATION_NAME) or {}
+    app_status = app.get("status")
+    problems = _deployment_messages(app)
+    upgrading = (rs_conditions.get("UpgradeInProgress") or {}).get("status") == "True"
+    ready = (rs_conditions.get("Ready") or {}).get("status") == "True" and app_status in (None, "RUNNING")
+    if app_status == "DEPLOY_FAILED":
+        detail = app.get("message") or "; ".join(problems) or "see the RayService's events"
+        return ChildHealth(
+            False, False, True, Reason.DEPLOY_FAILED, f"the Serve application failed to deploy: {detail}"
+        )
+    if app_status == "UNHEALTHY":
+        detail = "; ".join(problems) or app.get("message") or ""
+        return ChildHealth(
+            False, False, True, Reason.APPLICATION_UNHEALTHY, f"the Serve application is unhealthy: {detail}"
+        )
+    if ready:
+        if upgrading:
+            return ChildHealth(True, True, False, Reason.UPGRADING, "serving; a new Ray cluster is being prepared")
+        return ChildHealth(True, False, False, Reason.SERVING, "serving on all requested replicas")
+    detail = (rs_conditions.get("Ready") or {}).get("message") or app_status or "waiting for the Ray cluster"
+    return ChildHealth(False, True, False, Reason.DEPLOYING, f"deploying: {detail}")
+
+
+def phase_of(conditions: Sequence[Mapping[str, Any]]) -> Phase:
+    def true(t: ConditionType) -> bool:
+        c = cond.get(list(map(dict, conditions)), t)
+        return c is not None and c.get("status") == "True"
+
+    if true(ConditionType.DEGRADED):
+        return Phase.DEGRADED
+    if true(ConditionType.READY):
+        return Phase.READY
+    if true(ConditionType.PROGRESSING):
+        return Phase.PROGRESSING
+    return Phase.PENDING
+
+
+def observed_status(
+    current: Mapping[str, Any],
+    rayservice: Mapping[str, Any] | None,
+    *,
+    desired_replicas: int,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields the timer owns, from the child's status (only meaningful if the spec is valid)."""
+    health = child_health(rayservice)
+    conditions = list(current.get("conditions") or [])
+    conditions = cond.upsert(
+        conditions, ConditionType.READY, health.ready, health.reason, health.message, now=now, generation=generation
+    )
+    conditions = cond.upsert(
+        conditions,
+        ConditionType.PROGRESSING,
+        health.progressing,
+        health.reason,
+        health.message,
+        now=now,
+        generation=generation,
+    )
+    conditions = cond.upsert(
+        conditions,
+        ConditionType.DEGRADED,
+        health.failed,
+        health.reason,
+        health.message if health.failed else "",
+        now=now,
+        generation=generation,
+    )
+    ready_replicas = desired_replicas if health.ready else 0
+    return {
+        "conditions": conditions,
+        "phase": phase_of(conditions).value,
+        "desiredReplicas": desired_replicas,
+        "readyReplicas": ready_replicas,
+        "replicas": desired_replicas if health.ready else 0,
+    }
+
+
+def changed_fields(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `new` that differ from `current`: the patch, empty when nothing changed."""
+    return {k: v for k, v in new.items() if current.get(k) != v}
