@@ -52,6 +52,7 @@ golden: setup
 
 crd: setup
 	$(BIN)/llmdeploy crd > crds/llmdeploy.io_llmdeployments.yaml
+	$(BIN)/llmdeploy crd --reference > docs/api.md
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

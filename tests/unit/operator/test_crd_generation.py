@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from llmdeploy.operator import api
-from llmdeploy.operator.crd import build_crd, render_crd_yaml
+from llmdeploy.operator.crd import build_crd, render_api_reference, render_crd_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -82,3 +82,8 @@ def test_every_cross_field_rule_reaches_the_crd_as_cel() -> None:
 
 def test_crd_parses_as_yaml() -> None:
     assert yaml.safe_load(render_crd_yaml())["kind"] == "CustomResourceDefinition"
+
+
+def test_committed_api_reference_matches_the_models() -> None:
+    committed = (REPO / "docs" / "api.md").read_text()
+    assert committed == render_api_reference(), "docs/api.md drifted: run `llmdeploy crd --reference > docs/api.md`"

@@ -48,11 +48,12 @@ def cli() -> None:
 
 
 @cli.command()
-def crd() -> None:
+@click.option("--reference", is_flag=True, help="Print the Markdown API reference instead.")
+def crd(reference: bool) -> None:
     """Print the LLMDeployment CustomResourceDefinition (kubectl apply -f -)."""
-    from llmdeploy.operator.crd import render_crd_yaml
+    from llmdeploy.operator.crd import render_api_reference, render_crd_yaml
 
-    click.echo(render_crd_yaml(), nl=False)
+    click.echo(render_api_reference() if reference else render_crd_yaml(), nl=False)
 
 
 @cli.command()

@@ -193,7 +193,8 @@ class QuantizationSpec(_Model):
         default=KVCacheDtype.AUTO,
         description=(
             "Storage type of the KV cache. `fp8` roughly doubles the sequences that fit at a "
-            "small accuracy cost; needs compute capability 8.9+. `auto` follows the model dtype."
+            "small accuracy cost (below compute capability 8.9 it saves memory, not compute). "
+            "`bfloat16` needs 8.0+. `auto` follows the model dtype."
         ),
     )
 

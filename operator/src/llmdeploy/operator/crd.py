@@ -165,3 +165,52 @@ def build_crd() -> dict[str, Any]:
 def render_crd_yaml() -> str:
     header = "# Generated from llmdeploy.operator.api by `llmdeploy crd`. Do not edit.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+def _type_text(node: dict[str, Any]) -> str:
+    kind = node.get("type", "")
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" for v in node["enum"])
+    if kind == "array":
+        return f"list of {_type_text(node.get('items', {}))}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"map of {_type_text(node['additionalProperties'])}"
+    return str(kind)
+
+
+def _reference_rows(node: dict[str, Any], path: str, rows: list[str]) -> None:
+    required = set(node.get("required", []))
+    for name, prop in (node.get("properties") or {}).items():
+        field_path = f"{path}.{name}"
+        default = prop.get("default")
+        bits = [f"`{field_path}`", _type_text(prop), "yes" if name in required else ""]
+        bits.append("" if default is None else f"`{json_text(default)}`")
+        bits.append(" ".join(str(prop.get("description", "")).split()).replace("|", "\\|"))
+        rows.append("| " + " | ".join(bits) + " |")
+        target = prop.get("items") if prop.get("type") == "array" else prop
+        if isinstance(target, dict) and target.get("properties"):
+            _reference_rows(target, field_path + ("[]" if prop.get("type") == "array" else ""), rows)
+
+
+def json_text(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def render_api_reference() -> str:
+    """Markdown reference of every field, generated from the same schema as the CRD."""
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    out = [
+        "# LLMDeployment API reference (`llmdeploy.io/v1alpha1`)",
+        "",
+        "Generated from `llmdeploy.operator.api` by `llmdeploy crd --reference`; do not edit.",
+        "`kubectl explain llmdeployment.spec --recursive` shows the same descriptions.",
+        "",
+    ]
+    for section in ("spec", "status"):
+        rows: list[str] = []
+        _reference_rows(schema["properties"][section], section, rows)
+        out += [f"## {section}", "", "| field | type | required | default | description |", "|---|---|---|---|---|"]
+        out += rows + [""]
+    rules = [f"- `{r.cel}`: {r.message}" for r in api.RULES]
+    out += ["## Cross-field rules (enforced at admission by CEL)", "", *rules, ""]
+    return "\n".join(out)
