@@ -210,7 +210,7 @@ def render_api_reference() -> str:
         rows: list[str] = []
         _reference_rows(schema["properties"][section], section, rows)
         out += [f"## {section}", "", "| field | type | required | default | description |", "|---|---|---|---|---|"]
-        out += rows + [""]
+        out += [*rows, ""]
     rules = [f"- `{r.cel}`: {r.message}" for r in api.RULES]
     out += ["## Cross-field rules (enforced at admission by CEL)", "", *rules, ""]
     return "\n".join(out)
