@@ -108,7 +108,12 @@ def serve(file: str | None, port: int) -> None:
     show_default=True,
     help="Standalone skips kopf peering (only for a single operator instance).",
 )
-@click.option("--liveness", default="http://0.0.0.0:8081/healthz", show_default=True, help="Liveness endpoint URL.")
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8081/healthz",
+    show_default=True,
+    help="Liveness endpoint URL ('' to disable).",
+)
 @click.option("--verbose", is_flag=True, help="Debug logging.")
 def operator_command(namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool) -> None:
     """Run the operator (kopf) against the current cluster."""
@@ -126,7 +131,7 @@ def operator_command(namespaces: tuple[str, ...], standalone: bool, liveness: st
         standalone=standalone,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        liveness_endpoint=liveness,
+        liveness_endpoint=liveness or None,
     )
 
 

@@ -27,7 +27,7 @@ class Reason(StrEnum):
     UPGRADING = "Upgrading"
     APPLICATION_UNHEALTHY = "ApplicationUnhealthy"
     DEPLOY_FAILED = "DeployFailed"
-    SPEC_VALID = "SpecValid"
+    AS_EXPECTED = "AsExpected"
     SCALED_TO_ZERO = "ScaledToZero"
 
 

@@ -1,9 +1,11 @@
 """Kopf handlers: validate -> render -> adopt -> apply -> status. Domain logic lives elsewhere.
 
 `reconcile` is level-based and idempotent for create, update and resume. `refresh_status`
-(a timer) maps the child RayService's status onto this resource's status, read from an index
-that kopf keeps from a watch on RayServices, so it costs no API call. Both write only the
-status fields that changed, so a steady state sends no writes at all.
+(a timer) keeps the child in line and reports on it: it re-applies the RayService when it is
+missing or was hand-edited away from what render wants (drift repair), and maps the child's
+status onto this resource's status. It reads the child from an index that kopf keeps from a
+watch on RayServices, so a steady state costs no API call. Both handlers write only the
+status fields that changed: a steady state sends no writes at all.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from llmdeploy.operator.conditions import Reason
 from llmdeploy.operator.errors import NotOwnedError, SpecError
 from llmdeploy.operator.settings import SETTINGS
 from llmdeploy.operator.status import changed_fields, observed_status, phase_of
-from llmdeploy.operator.validation import parse_spec
+from llmdeploy.operator.validation import Report, parse_spec
 
 __all__ = ["rayservices_by_owner", "reconcile", "refresh_status"]
+
+# Reasons under which nothing was rendered for the current generation.
+_BLOCKING = frozenset({Reason.INVALID_SPEC, Reason.CHILD_CONFLICT, Reason.APPLY_FAILED})
 
 
 def _now() -> datetime:
@@ -43,27 +48,47 @@ def _write_status(patch: kopf.Patch, current: Mapping[str, Any], new: Mapping[st
         patch.status[key] = value
 
 
+def _set(
+    conditions: list[dict[str, Any]],
+    type_: ConditionType,
+    status: bool,
+    reason: Reason,
+    message: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    return cond.upsert(conditions, type_, status, reason, message, now=_now(), generation=generation)
+
+
 def _degraded(body: kopf.Body, patch: kopf.Patch, reason: Reason, message: str, generation: int | None) -> None:
+    kopf.warn(body, reason=reason.value, message=message[:1024])
     current = dict(body.status)
     conditions = list(current.get("conditions") or [])
-    now = _now()
-    conditions = cond.upsert(conditions, ConditionType.DEGRADED, True, reason, message, now=now, generation=generation)
-    conditions = cond.upsert(
-        conditions, ConditionType.PROGRESSING, False, reason, message, now=now, generation=generation
-    )
+    conditions = _set(conditions, ConditionType.DEGRADED, True, reason, message, generation)
+    conditions = _set(conditions, ConditionType.PROGRESSING, False, reason, message, generation)
     if cond.get(conditions, ConditionType.READY) is None:
-        conditions = cond.upsert(
-            conditions, ConditionType.READY, False, reason, message, now=now, generation=generation
-        )
-    _write_status(
-        patch,
-        current,
-        {
-            "conditions": conditions,
-            "phase": phase_of(conditions).value,
-            "observedGeneration": generation,
-        },
-    )
+        conditions = _set(conditions, ConditionType.READY, False, reason, message, generation)
+    new = {"conditions": conditions, "phase": phase_of(conditions).value, "observedGeneration": generation}
+    _write_status(patch, current, new)
+
+
+async def _apply(body: kopf.Body, patch: kopf.Patch, desired: dict[str, Any]) -> k8s.ApplyOutcome | None:
+    """Apply the child; on a permanent refusal report `Degraded` and return None."""
+    meta = body.metadata
+    try:
+        return await k8s.apply_rayservice(desired, owner_uid=meta["uid"])
+    except NotOwnedError as exc:
+        _degraded(body, patch, Reason.CHILD_CONFLICT, str(exc), meta.get("generation"))
+    except ApiException as exc:
+        # A permanent refusal (403, 422): say what the API server said; a spec change retries.
+        message = f"the API server refused the RayService: HTTP {exc.status} {exc.reason}: {exc.body}"
+        _degraded(body, patch, Reason.APPLY_FAILED, message, meta.get("generation"))
+    return None
+
+
+def _desired(body: kopf.Body, spec: LLMDeploymentSpec) -> dict[str, Any]:
+    desired = render.render_rayservice(render.Owner(body.metadata["name"], body.metadata["namespace"]), spec)
+    kopf.adopt(desired, owner=body)
+    return desired
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -77,57 +102,43 @@ async def reconcile(
     try:
         parsed, report = parse_spec(spec)
     except SpecError as exc:
-        message = "; ".join(exc.problems)
-        kopf.warn(body, reason=Reason.INVALID_SPEC.value, message=message)
-        logger.info("invalid spec, nothing applied: %s", message)
-        _degraded(body, patch, Reason.INVALID_SPEC, message, generation)
+        logger.info("invalid spec, nothing applied: %s", "; ".join(exc.problems))
+        _degraded(body, patch, Reason.INVALID_SPEC, "; ".join(exc.problems), generation)
         return  # terminal until the spec changes: no retry, no exception loop
-    desired = render.render_rayservice(render.Owner(name, namespace), parsed)
-    kopf.adopt(desired, owner=body)
-    try:
-        outcome = await k8s.apply_rayservice(desired, owner_uid=meta["uid"])
-    except NotOwnedError as exc:
-        kopf.warn(body, reason=Reason.CHILD_CONFLICT.value, message=str(exc))
-        _degraded(body, patch, Reason.CHILD_CONFLICT, str(exc), generation)
+    desired = _desired(body, parsed)
+    outcome = await _apply(body, patch, desired)
+    if outcome is None:
         return
-    except ApiException as exc:
-        # A permanent refusal (403, 422): say what the API server said; the next spec change retries.
-        message = f"the API server refused the RayService: HTTP {exc.status} {exc.reason}: {exc.body}"
-        kopf.warn(body, reason=Reason.APPLY_FAILED.value, message=message[:1024])
-        _degraded(body, patch, Reason.APPLY_FAILED, message[:1024], generation)
-        return
-    if outcome != k8s.ApplyOutcome.UNCHANGED:
-        reason = Reason.RAYSERVICE_CREATED if outcome == k8s.ApplyOutcome.CREATED else Reason.RAYSERVICE_UPDATED
-        kopf.info(body, reason=reason.value, message=f"RayService {desired['metadata']['name']} {outcome.value}")
     current = dict(body.status)
-    conditions = list(current.get("conditions") or [])
-    now = _now()
-    conditions = cond.upsert(
-        conditions, ConditionType.DEGRADED, False, Reason.SPEC_VALID, "", now=now, generation=generation
+    conditions = _set(
+        list(current.get("conditions") or []), ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", generation
     )
     if outcome != k8s.ApplyOutcome.UNCHANGED:
-        conditions = cond.upsert(
+        reason = Reason.RAYSERVICE_CREATED if outcome == k8s.ApplyOutcome.CREATED else Reason.RAYSERVICE_UPDATED
+        kopf.event(
+            body,
+            type="Normal",
+            reason=reason.value,
+            message=f"RayService {desired['metadata']['name']} {outcome.value}",
+        )
+        conditions = _set(
             conditions,
             ConditionType.PROGRESSING,
             True,
             reason,
             f"RayService {outcome.value}; waiting for KubeRay to roll it out",
-            now=now,
-            generation=generation,
+            generation,
         )
     if cond.get(conditions, ConditionType.READY) is None:
-        conditions = cond.upsert(
+        conditions = _set(
             conditions,
             ConditionType.READY,
             False,
             Reason.WAITING_FOR_RAYSERVICE,
             "waiting for the RayService to become ready",
-            now=now,
-            generation=generation,
+            generation,
         )
-    notes = "; ".join(str(n) for n in report.notes)
-    if notes:
-        logger.info("spec notes: %s", notes)
+    _log_notes(logger, report)
     _write_status(
         patch,
         current,
@@ -144,32 +155,49 @@ async def reconcile(
     )
 
 
+def _log_notes(logger: kopf.Logger, report: Report) -> None:
+    for note in report.notes:
+        logger.info("note: %s", note)
+
+
 @kopf.index(k8s.RAY_GROUP, k8s.RAY_VERSION, k8s.RAYSERVICES, labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY})
 def rayservices_by_owner(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """Owned RayServices keyed by (namespace, owner uid), kept current by kopf's watch."""
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("controller"):
-            return {(body.metadata.namespace or "", ref["uid"]): {"status": dict(body.get("status") or {})}}
+            key = (body.metadata.namespace or "", ref["uid"])
+            return {key: {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
     return {}
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.status_interval_s, idle=SETTINGS.status_idle_s)
-def refresh_status(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **kwargs: Any) -> None:
+async def refresh_status(
+    body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any
+) -> None:
     owned: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["rayservices_by_owner"]
     current = dict(body.status)
-    degraded = cond.get(current.get("conditions") or [], ConditionType.DEGRADED)
     generation = meta.get("generation")
     if current.get("observedGeneration") != generation:
         return  # the reconcile for this generation has not finished: it writes status first
-    if (
-        degraded
-        and degraded.get("status") == "True"
-        and degraded.get("reason") in {Reason.INVALID_SPEC, Reason.CHILD_CONFLICT, Reason.APPLY_FAILED}
-    ):
+    degraded = cond.get(current.get("conditions") or [], ConditionType.DEGRADED)
+    if degraded and degraded.get("status") == "True" and degraded.get("reason") in _BLOCKING:
         return  # nothing rendered for this generation: the child's status says nothing about it
-    key = (meta["namespace"], meta["uid"])
-    found = list(owned.get(key, []))
+    try:
+        parsed, _ = parse_spec(spec)
+    except SpecError:
+        return  # reported by reconcile
+    found = list(owned.get((meta["namespace"], meta["uid"]), []))
     child = found[0] if found else None
-    desired = int(current.get("desiredReplicas") or 0)
-    new = observed_status(current, child, desired_replicas=desired, generation=generation, now=_now())
+    desired = _desired(body, parsed)
+    if child is None or not k8s.contains(
+        child, {"metadata": {"annotations": desired["metadata"]["annotations"]}, "spec": desired["spec"]}
+    ):
+        outcome = await _apply(body, patch, desired)
+        if outcome is not None and outcome != k8s.ApplyOutcome.UNCHANGED:
+            what = "recreated" if outcome == k8s.ApplyOutcome.CREATED else "repaired (it had been edited by hand)"
+            kopf.warn(body, reason="RayServiceDrift", message=f"RayService {desired['metadata']['name']} {what}")
+            logger.warning("RayService %s %s", desired["metadata"]["name"], what)
+    new = observed_status(
+        current, child, desired_replicas=int(current.get("desiredReplicas") or 0), generation=generation, now=_now()
+    )
     _write_status(patch, current, new)

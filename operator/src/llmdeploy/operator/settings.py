@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -44,4 +45,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Transient API errors are retried with backoff, bounded by kopf's per-handler retry logic.
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.watching.server_timeout = 300
-    settings.posting.level = 30  # Events for warnings and errors only; info stays in logs
+    # kopf's own INFO lines ("Timer succeeded") would become an Event per timer tick: post only
+    # warnings from logs; the handlers post their Normal Events explicitly with kopf.event().
+    settings.posting.level = logging.WARNING

@@ -109,7 +109,7 @@ def observed_status(
         conditions,
         ConditionType.DEGRADED,
         health.failed,
-        health.reason,
+        health.reason if health.failed else Reason.AS_EXPECTED,
         health.message if health.failed else "",
         now=now,
         generation=generation,
