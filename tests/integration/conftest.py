@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmdeploy.testing.kubeapi import KubeAPI
+from llmdeploy.testing.operator_process import OperatorProcess, wait_for
+
+__all__ = ["LLMD", "RAYSERVICES", "OperatorProcess", "llmdeployment", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 LLMD_CRD = REPO / "crds" / "llmdeploy.io_llmdeployments.yaml"
@@ -43,41 +41,6 @@ def llmdeployment(name: str, namespace: str = "default", **spec: Any) -> dict[st
     }
 
 
-class OperatorProcess:
-    """`llmdeploy operator` in a child process, as it runs in its pod."""
-
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "LLMDEPLOY_STATUS_INTERVAL_S": "0.5",
-            "LLMDEPLOY_STATUS_IDLE_S": "0.3",
-        }
-        cmd = [sys.executable, "-m", "llmdeploy.cli", "operator", "--standalone", "--liveness", "", "--verbose"]
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def kube(tmp_path: Path) -> Iterator[KubeAPI]:
     with KubeAPI(crds=[LLMD_CRD, rayservice_crd()]) as api:
@@ -102,18 +65,3 @@ def operator(kube: KubeAPI, tmp_path: Path) -> Iterator[OperatorProcess]:
     yield proc
     proc.stop()
     assert "Traceback" not in proc.output, proc.output[-4000:]
-
-
-def wait_for(
-    condition: Callable[[], Any], *, what: str, timeout: float = 20, operator: OperatorProcess | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if operator is not None and operator.proc is not None and operator.proc.poll() is not None:
-            raise AssertionError(f"operator exited while waiting for {what}:\n{operator.output[-4000:]}")
-        time.sleep(0.1)
-    tail = operator.output[-4000:] if operator else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")

@@ -115,8 +115,11 @@ def route(store: Store, path: str) -> Route | None:
     rdef = store.require(group, version, rest[0])
     name = rest[1] if len(rest) > 1 else None
     subresource = rest[2] if len(rest) > 2 else None
-    if (len(rest) > 3 or (subresource and subresource not in rdef.subresources)
-            or (rdef.namespaced and name is not None and namespace is None)):
+    if (
+        len(rest) > 3
+        or (subresource and subresource not in rdef.subresources)
+        or (rdef.namespaced and name is not None and namespace is None)
+    ):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     return Route(rdef, namespace, name, subresource)
 
@@ -131,24 +134,39 @@ def _verb(method: str, route: Route, watch: bool) -> str | None:
 
 def _fault_error(status: int, record: RequestRecord, retry_after: int) -> ApiError:
     if status == 409:
-        return ApiError(409, "Conflict", f"Operation cannot be fulfilled on {record.resource} "
-                        f'"{record.name or ""}": the object has been modified; please apply '
-                        "your changes to the latest version and try again (injected)")
+        return ApiError(
+            409,
+            "Conflict",
+            f"Operation cannot be fulfilled on {record.resource} "
+            f'"{record.name or ""}": the object has been modified; please apply '
+            "your changes to the latest version and try again (injected)",
+        )
     if status == 429:
-        return ApiError(429, "TooManyRequests", "Too many requests, please try again later.",
-                        {"retryAfterSeconds": retry_after}, {"Retry-After": str(retry_after)})
+        return ApiError(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+            {"retryAfterSeconds": retry_after},
+            {"Retry-After": str(retry_after)},
+        )
     if status == 503:
-        return ApiError(503, "ServiceUnavailable",
-                        "the server is currently unable to handle the request (injected)")
+        return ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request (injected)")
     return ApiError(status, "InternalError", "Internal error occurred: injected fault")
 
 
 class KubeHandler(kmock.KubernetesScaffold):
     """kmock handler serving the emulated Kubernetes API from a :class:`Store`."""
 
-    def __init__(self, store: Store, log: TrafficLog, *, token: str | None,
-                 faults: Callable[[], FaultPlan | None], bookmark_interval: float,
-                 server_version: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        log: TrafficLog,
+        *,
+        token: str | None,
+        faults: Callable[[], FaultPlan | None],
+        bookmark_interval: float,
+        server_version: tuple[str, str],
+    ) -> None:
         super().__init__()
         self.store = store
         self.log = log
@@ -186,15 +204,15 @@ class KubeHandler(kmock.KubernetesScaffold):
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         body = await raw.read()
-        record = RequestRecord(raw.method, raw.path, dict(raw.query),
-                               raw.headers.get("Content-Type"), raw.headers.get("User-Agent", ""))
+        record = RequestRecord(
+            raw.method, raw.path, dict(raw.query), raw.headers.get("Content-Type"), raw.headers.get("User-Agent", "")
+        )
         self.log.append(record)
         response: aiohttp.web.StreamResponse
         try:
             response = await self._dispatch(raw, body, record)
         except ApiError as exc:
-            response = aiohttp.web.json_response(exc.status(), status=exc.code,
-                                                 headers=exc.headers)
+            response = aiohttp.web.json_response(exc.status(), status=exc.code, headers=exc.headers)
         except kmock.KubernetesError as exc:  # kmock's own answers, e.g. an unknown endpoint
             response = await self._render_error(exc)
         except Exception as exc:  # a crash of the emulator or of a test's reaction
@@ -205,8 +223,9 @@ class KubeHandler(kmock.KubernetesScaffold):
             record.status = response.status
         return response
 
-    async def _dispatch(self, raw: aiohttp.web.BaseRequest, body: bytes,
-                        record: RequestRecord) -> aiohttp.web.StreamResponse:
+    async def _dispatch(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, record: RequestRecord
+    ) -> aiohttp.web.StreamResponse:
         if self.token is not None and raw.headers.get("Authorization") != f"Bearer {self.token}":
             raise ApiError(401, "Unauthorized", "Unauthorized")
         target = route(self.store, raw.path)
@@ -228,10 +247,16 @@ class KubeHandler(kmock.KubernetesScaffold):
         try:
             request = await rendering.Request._parse(raw, id=len(self._requests))
         except Exception:  # kmock 0.8 cannot parse e.g. /api/v1/namespaces; keep the raw facts
-            request = kmock.Request(id=len(self._requests), method=raw.method, url=raw.url,
-                                    params=dict(raw.query), headers=dict(raw.headers),
-                                    body=body, text=body.decode(errors="replace"),
-                                    raw_request=raw)
+            request = kmock.Request(
+                id=len(self._requests),
+                method=raw.method,
+                url=raw.url,
+                params=dict(raw.query),
+                headers=dict(raw.headers),
+                body=body,
+                text=body.decode(errors="replace"),
+                raw_request=raw,
+            )
         self._requests.append(request)
         try:
             return await self._handle_with(request, raw, body, record, target)
@@ -244,15 +269,20 @@ class KubeHandler(kmock.KubernetesScaffold):
             await stream.write_eof()
             return stream
 
-    async def _handle_with(self, request: kmock.Request, raw: aiohttp.web.BaseRequest,
-                           body: bytes, record: RequestRecord,
-                           target: Route | None) -> aiohttp.web.StreamResponse:
+    async def _handle_with(
+        self,
+        request: kmock.Request,
+        raw: aiohttp.web.BaseRequest,
+        body: bytes,
+        record: RequestRecord,
+        target: Route | None,
+    ) -> aiohttp.web.StreamResponse:
         # Reactions a test declared (``api.handler[...] << ...``) win over the emulation.
         priorities = [p.priorities for p in self._payloads]
         width = max((len(p) for p in priorities), default=0)
-        order = sorted(range(len(priorities)),
-                       key=lambda i: tuple(-p for p in priorities[i]) + (0,) * (
-                           width - len(priorities[i])))
+        order = sorted(
+            range(len(priorities)), key=lambda i: tuple(-p for p in priorities[i]) + (0,) * (width - len(priorities[i]))
+        )
         for index in order:
             payload = self._payloads[index]
             if -math.inf in payload.priorities:
@@ -280,26 +310,42 @@ class KubeHandler(kmock.KubernetesScaffold):
         groups = self.store.group_versions()
         if parts == ["version"]:
             major, minor = self.server_version
-            return {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-emulator",
-                    "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
-                    "goVersion": "", "compiler": "gc", "platform": "linux/amd64"}
+            return {
+                "major": major,
+                "minor": minor,
+                "gitVersion": f"v{major}.{minor}.0-emulator",
+                "gitCommit": "",
+                "gitTreeState": "clean",
+                "buildDate": "",
+                "goVersion": "",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         if parts == ["apis"]:
-            return {"kind": "APIGroupList", "apiVersion": "v1",
-                    "groups": [self._group(g, vs) for g, vs in sorted(groups.items()) if g]}
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._group(g, vs) for g, vs in sorted(groups.items()) if g],
+            }
         if len(parts) == 2 and parts[0] == "apis":
             if parts[1] not in groups or not parts[1]:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            return {"kind": "APIGroup", "apiVersion": "v1",
-                    **self._group(parts[1], groups[parts[1]])}
+            return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1], groups[parts[1]])}
         if parts == ["api", "v1"] or (len(parts) == 3 and parts[0] == "apis"):
             group, version = ("", "v1") if parts[0] == "api" else (parts[1], parts[2])
             if version not in groups.get(group, []):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            return {"kind": "APIResourceList", "apiVersion": "v1",
-                    "groupVersion": f"{group}/{version}" if group else version,
-                    "resources": [entry for rdef in self.store.resources()
-                                  if (rdef.group, rdef.version) == (group, version)
-                                  for entry in _resource_entries(rdef)]}
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}" if group else version,
+                "resources": [
+                    entry
+                    for rdef in self.store.resources()
+                    if (rdef.group, rdef.version) == (group, version)
+                    for entry in _resource_entries(rdef)
+                ],
+            }
         if parts[:1] == ["openapi"]:
             return self._openapi(parts[1:])
         return None
@@ -317,30 +363,44 @@ class KubeHandler(kmock.KubernetesScaffold):
             return ".".join([*reversed(rdef.group.split(".")), rdef.version, rdef.kind])
 
         if parts == ["v2"]:
-            return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "emulator"},
-                    "paths": {}, "definitions": {
-                        component(r): {**r.schema.openapi, "x-kubernetes-group-version-kind": [
-                            {"group": r.group, "version": r.version, "kind": r.kind}]}
-                        for r in defs if r.schema is not None}}
+            return {
+                "swagger": "2.0",
+                "info": {"title": "Kubernetes", "version": "emulator"},
+                "paths": {},
+                "definitions": {
+                    component(r): {
+                        **r.schema.openapi,
+                        "x-kubernetes-group-version-kind": [{"group": r.group, "version": r.version, "kind": r.kind}],
+                    }
+                    for r in defs
+                    if r.schema is not None
+                },
+            }
         groups = self.store.group_versions()
-        prefixes = {(g, v): (f"apis/{g}/{v}" if g else f"api/{v}")
-                    for g, vs in groups.items() for v in vs}
+        prefixes = {(g, v): (f"apis/{g}/{v}" if g else f"api/{v}") for g, vs in groups.items() for v in vs}
         if parts == ["v3"]:
-            return {"paths": {p: {"serverRelativeURL": f"/openapi/v3/{p}"}
-                              for p in sorted(prefixes.values())}}
+            return {"paths": {p: {"serverRelativeURL": f"/openapi/v3/{p}"} for p in sorted(prefixes.values())}}
         wanted = "/".join(parts[1:])
         for (group, version), prefix in prefixes.items():
             if parts[:1] == ["v3"] and wanted == prefix:
-                schemas = {component(r): r.schema.openapi for r in defs
-                           if (r.group, r.version) == (group, version) and r.schema is not None}
-                return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": version},
-                        "paths": {}, "components": {"schemas": schemas}}
+                schemas = {
+                    component(r): r.schema.openapi
+                    for r in defs
+                    if (r.group, r.version) == (group, version) and r.schema is not None
+                }
+                return {
+                    "openapi": "3.0.0",
+                    "info": {"title": "Kubernetes", "version": version},
+                    "paths": {},
+                    "components": {"schemas": schemas},
+                }
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     # -- resource verbs ----------------------------------------------------------------------
 
-    async def _serve(self, raw: aiohttp.web.BaseRequest, body: bytes, record: RequestRecord,
-                     target: Route) -> aiohttp.web.StreamResponse:
+    async def _serve(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, record: RequestRecord, target: Route
+    ) -> aiohttp.web.StreamResponse:
         rdef, ns, name, sub = target.rdef, target.namespace, target.name, target.subresource
         store, verb, query = self.store, record.verb, record.query
         status = 200
@@ -348,9 +408,12 @@ class KubeHandler(kmock.KubernetesScaffold):
             labels = parse_label_selector(query.get("labelSelector"))
             fields = parse_field_selector(query.get("fieldSelector"), rdef)
             items, rv = store.list_objects(rdef, ns, labels, fields)
-            result: JSON = {"kind": rdef.list_kind or f"{rdef.kind}List",
-                            "apiVersion": rdef.api_version,
-                            "metadata": {"resourceVersion": str(rv)}, "items": items}
+            result: JSON = {
+                "kind": rdef.list_kind or f"{rdef.kind}List",
+                "apiVersion": rdef.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            }
             _paginate(result, query.get("limit"), query.get("continue"))
         elif verb == "watch":
             return await self._watch(raw, record, target)
@@ -373,16 +436,18 @@ class KubeHandler(kmock.KubernetesScaffold):
             options = _json_body(body) if body.strip() else {}
             options = options if isinstance(options, dict) else {}
             propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
-            write = store.delete(rdef, ns, name, propagation=propagation,
-                                 preconditions=options.get("preconditions"))
+            write = store.delete(rdef, ns, name, propagation=propagation, preconditions=options.get("preconditions"))
             result, record.changed = write.obj, write.changed
             status = 200 if write.removed else 202
             if write.removed and not rdef.custom:  # built-in registries answer a Status
                 meta = write.obj["metadata"]
-                result = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                          "status": "Success", "details": {
-                              "name": name, "group": rdef.group, "kind": rdef.plural,
-                              "uid": meta.get("uid")}}
+                result = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "group": rdef.group, "kind": rdef.plural, "uid": meta.get("uid")},
+                }
         elif verb == "deletecollection" and sub is None:
             labels = parse_label_selector(query.get("labelSelector"))
             fields = parse_field_selector(query.get("fieldSelector"), rdef)
@@ -390,21 +455,24 @@ class KubeHandler(kmock.KubernetesScaffold):
             deleted = []
             for item in items:
                 meta = item["metadata"]
-                write = store.delete(rdef, meta.get("namespace"), meta["name"],
-                                     propagation=query.get("propagationPolicy"))
+                write = store.delete(
+                    rdef, meta.get("namespace"), meta["name"], propagation=query.get("propagationPolicy")
+                )
                 record.changed = record.changed or write.changed
                 deleted.append(write.obj)
-            result = {"kind": rdef.list_kind or f"{rdef.kind}List",
-                      "apiVersion": rdef.api_version,
-                      "metadata": {"resourceVersion": str(store.resource_version)},
-                      "items": deleted}
+            result = {
+                "kind": rdef.list_kind or f"{rdef.kind}List",
+                "apiVersion": rdef.api_version,
+                "metadata": {"resourceVersion": str(store.resource_version)},
+                "items": deleted,
+            }
         else:
-            raise ApiError(405, "MethodNotAllowed",
-                           "the server does not allow this method on the requested resource")
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         return aiohttp.web.json_response(result, status=status)
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, record: RequestRecord,
-                     target: Route) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, record: RequestRecord, target: Route
+    ) -> aiohttp.web.StreamResponse:
         rdef, query = target.rdef, record.query
         labels = parse_label_selector(query.get("labelSelector"))
         fields = parse_field_selector(query.get("fieldSelector"), rdef)
@@ -425,8 +493,7 @@ class KubeHandler(kmock.KubernetesScaffold):
                 except ApiError as exc:
                     expired = exc
 
-        stream = aiohttp.web.StreamResponse(status=200,
-                                            headers={"Content-Type": "application/json"})
+        stream = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await stream.prepare(raw)
         record.status = 200
         started = time.monotonic()
@@ -475,8 +542,12 @@ class KubeHandler(kmock.KubernetesScaffold):
                 if bookmarks and moment - last_sent >= self.bookmark_interval:
                     await send("BOOKMARK", bookmark(cursor))
                     last_sent = moment
-                wait = min(deadline, drop_at, (last_sent + self.bookmark_interval)
-                           if bookmarks else math.inf, moment + 1.0) - moment
+                wait = (
+                    min(
+                        deadline, drop_at, (last_sent + self.bookmark_interval) if bookmarks else math.inf, moment + 1.0
+                    )
+                    - moment
+                )
                 if raw.transport is None or raw.transport.is_closing():
                     return stream  # the client went away
                 with contextlib.suppress(TimeoutError):
@@ -487,9 +558,13 @@ class KubeHandler(kmock.KubernetesScaffold):
         return stream
 
 
-def _translate(event: WatchEvent, rdef: ResourceDef, namespace: str | None,
-               labels: list[LabelRequirement], fields: list[FieldRequirement],
-               ) -> tuple[str, JSON] | None:
+def _translate(
+    event: WatchEvent,
+    rdef: ResourceDef,
+    namespace: str | None,
+    labels: list[LabelRequirement],
+    fields: list[FieldRequirement],
+) -> tuple[str, JSON] | None:
     """A store event as this watch sees it: selectors turn MODIFIED into ADDED/DELETED."""
     if event.skey != rdef.skey or (namespace and event.namespace != namespace):
         return None
@@ -504,21 +579,40 @@ def _translate(event: WatchEvent, rdef: ResourceDef, namespace: str | None,
 
 
 def _resource_entries(rdef: ResourceDef) -> list[JSON]:
-    main: JSON = {"name": rdef.plural, "singularName": rdef.singular or rdef.kind.lower(),
-                  "namespaced": rdef.namespaced, "kind": rdef.kind, "verbs": list(rdef.verbs)}
+    main: JSON = {
+        "name": rdef.plural,
+        "singularName": rdef.singular or rdef.kind.lower(),
+        "namespaced": rdef.namespaced,
+        "kind": rdef.kind,
+        "verbs": list(rdef.verbs),
+    }
     if rdef.short_names:
         main["shortNames"] = list(rdef.short_names)
     if rdef.categories:
         main["categories"] = list(rdef.categories)
     entries = [main]
     if rdef.status_subresource:
-        entries.append({"name": f"{rdef.plural}/status", "singularName": "",
-                        "namespaced": rdef.namespaced, "kind": rdef.kind,
-                        "verbs": ["get", "patch", "update"]})
+        entries.append(
+            {
+                "name": f"{rdef.plural}/status",
+                "singularName": "",
+                "namespaced": rdef.namespaced,
+                "kind": rdef.kind,
+                "verbs": ["get", "patch", "update"],
+            }
+        )
     if rdef.scale is not None:
-        entries.append({"name": f"{rdef.plural}/scale", "singularName": "",
-                        "namespaced": rdef.namespaced, "group": "autoscaling", "version": "v1",
-                        "kind": "Scale", "verbs": ["get", "patch", "update"]})
+        entries.append(
+            {
+                "name": f"{rdef.plural}/scale",
+                "singularName": "",
+                "namespaced": rdef.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }
+        )
     return entries
 
 
@@ -530,8 +624,7 @@ def _paginate(result: JSON, limit: str | None, token: str | None) -> None:
             after = json.loads(base64.urlsafe_b64decode(token.encode()))
         except ValueError:
             raise bad_request("invalid continue token") from None
-        items = [i for i in items
-                 if [i["metadata"].get("namespace", ""), i["metadata"]["name"]] > after]
+        items = [i for i in items if [i["metadata"].get("namespace", ""), i["metadata"]["name"]] > after]
     count = int(_number(limit, "limit") or 0)
     if count > 0 and len(items) > count:
         last = items[count - 1]["metadata"]
@@ -556,4 +649,3 @@ def _number(value: str | None, name: str) -> float | None:
         return float(value)
     except ValueError:
         raise bad_request(f"invalid {name}: {value!r}") from None
-

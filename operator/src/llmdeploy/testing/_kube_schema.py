@@ -159,9 +159,16 @@ class CompiledSchema:
         errors.sort(key=lambda e: e.field)
         if CEL_AVAILABLE and self.has_rules:
             if any(e.reason == "FieldValueTypeInvalid" for e in errors):  # as the apiserver does
-                errors.append(FieldError("<nil>", "FieldValueInvalid", (
-                    'Invalid value: "null": some validation rules were not checked because the '
-                    "object was invalid; correct the existing errors to complete validation")))
+                errors.append(
+                    FieldError(
+                        "<nil>",
+                        "FieldValueInvalid",
+                        (
+                            'Invalid value: "null": some validation rules were not checked because the '
+                            "object was invalid; correct the existing errors to complete validation"
+                        ),
+                    )
+                )
             else:
                 errors.extend(self._check_rules(obj, old, self.openapi, []))
         return errors
@@ -335,8 +342,7 @@ def _typed_for_cel(value: Any, node: Mapping[str, Any]) -> Any:
         return result
     if isinstance(value, list):
         items = node.get("items")
-        return [_typed_for_cel(item, items if isinstance(items, Mapping) else {})
-                for item in value]
+        return [_typed_for_cel(item, items if isinstance(items, Mapping) else {}) for item in value]
     return value
 
 

@@ -47,8 +47,15 @@ JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-_IMMUTABLE_META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                   "deletionGracePeriodSeconds", "generation")
+_IMMUTABLE_META = (
+    "name",
+    "namespace",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+)
 ObjKey = tuple[str, str]  # (namespace or "", name)
 
 
@@ -86,8 +93,7 @@ def _content(obj: Mapping[str, Any], rdef: ResourceDef) -> JSON:
 
 
 def _comparable(obj: Mapping[str, Any]) -> JSON:
-    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
-            if k not in ("resourceVersion", "managedFields")}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
     return {**obj, "metadata": meta}
 
 
@@ -125,8 +131,9 @@ class Store:
     def require(self, group: str, version: str, plural: str) -> ResourceDef:
         rdef = self.resolve(group, version, plural)
         if rdef is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource",
-                           {"group": group, "kind": plural})
+            raise ApiError(
+                404, "NotFound", "the server could not find the requested resource", {"group": group, "kind": plural}
+            )
         return rdef
 
     def resources(self) -> list[ResourceDef]:
@@ -171,30 +178,35 @@ class Store:
                 raise rdef.not_found(name)
             return self.present(obj, rdef)
 
-    def list_objects(self, rdef: ResourceDef, namespace: str | None,
-             labels: list[LabelRequirement] | None = None,
-             fields: list[FieldRequirement] | None = None) -> tuple[list[JSON], int]:
+    def list_objects(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        labels: list[LabelRequirement] | None = None,
+        fields: list[FieldRequirement] | None = None,
+    ) -> tuple[list[JSON], int]:
         """Matching objects in etcd key order, and the resourceVersion they are consistent at."""
         with self.lock:
-            items = [self.present(obj, rdef)
-                     for (ns, _), obj in sorted(self._objects[rdef.skey].items())
-                     if not (rdef.namespaced and namespace and ns != namespace)]
+            items = [
+                self.present(obj, rdef)
+                for (ns, _), obj in sorted(self._objects[rdef.skey].items())
+                if not (rdef.namespaced and namespace and ns != namespace)
+            ]
             items = [obj for obj in items if self.matches(obj, labels, fields)]
             return items, self._rv
 
     @staticmethod
-    def matches(obj: Mapping[str, Any], labels: list[LabelRequirement] | None,
-                fields: list[FieldRequirement] | None) -> bool:
+    def matches(
+        obj: Mapping[str, Any], labels: list[LabelRequirement] | None, fields: list[FieldRequirement] | None
+    ) -> bool:
         obj_labels = (obj.get("metadata") or {}).get("labels") or {}
-        return (all(req.matches(obj_labels) for req in labels or ())
-                and all(req.matches(obj) for req in fields or ()))
+        return all(req.matches(obj_labels) for req in labels or ()) and all(req.matches(obj) for req in fields or ())
 
     def events_since(self, rv: int) -> tuple[list[WatchEvent], int]:
         """Committed events after ``rv``, and the resourceVersion they bring a watcher up to."""
         with self.lock:
             if rv < self._compacted_rv:
-                raise ApiError(410, "Expired",
-                               f"too old resource version: {rv} ({self._compacted_rv + 1})")
+                raise ApiError(410, "Expired", f"too old resource version: {rv} ({self._compacted_rv + 1})")
             events = []
             for event in reversed(self._history):
                 if event.rv <= rv:
@@ -259,32 +271,45 @@ class Store:
             meta = obj.setdefault("metadata", {})
             if rdef.namespaced:
                 if not namespace:
-                    raise ApiError(404, "NotFound",
-                                   "the server could not find the requested resource")
+                    raise ApiError(404, "NotFound", "the server could not find the requested resource")
                 if meta.get("namespace") not in (None, "", namespace):
-                    raise bad_request("the namespace of the provided object does not match "
-                                      "the namespace sent on the request")
+                    raise bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request"
+                    )
                 meta["namespace"] = namespace
                 ns_obj = self._objects[NAMESPACE_KEY].get(("", namespace))
                 if ns_obj is None:
-                    raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                                   {"name": namespace, "kind": "namespaces"})
+                    raise ApiError(
+                        404,
+                        "NotFound",
+                        f'namespaces "{namespace}" not found',
+                        {"name": namespace, "kind": "namespaces"},
+                    )
                 if ns_obj["metadata"].get("deletionTimestamp"):
-                    raise ApiError(403, "Forbidden",
-                                   f'{rdef.qualified} "{meta.get("name", "")}" is forbidden: '
-                                   f"unable to create new content in namespace {namespace} "
-                                   "because it is being terminated")
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'{rdef.qualified} "{meta.get("name", "")}" is forbidden: '
+                        f"unable to create new content in namespace {namespace} "
+                        "because it is being terminated",
+                    )
             else:
                 meta.pop("namespace", None)
             if meta.get("resourceVersion"):
-                raise ApiError(500, "InternalError",
-                               "resourceVersion should not be set on objects to be created")
+                raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
             if not meta.get("name"):
                 prefix = meta.get("generateName")
                 if not prefix:
-                    raise rdef.invalid("", [FieldError(
-                        "metadata.name", "FieldValueRequired",
-                        "Required value: name or generateName is required")])
+                    raise rdef.invalid(
+                        "",
+                        [
+                            FieldError(
+                                "metadata.name",
+                                "FieldValueRequired",
+                                "Required value: name or generateName is required",
+                            )
+                        ],
+                    )
                 store = self._objects[rdef.skey]
                 while True:
                     candidate = str(prefix) + "".join(self._random.choices(_NAME_CHARS, k=5))
@@ -297,8 +322,12 @@ class Store:
                 raise rdef.invalid(name, errors)
             key = self._key(rdef, namespace, name)
             if key in self._objects[rdef.skey]:
-                raise ApiError(409, "AlreadyExists", f'{rdef.qualified} "{name}" already exists',
-                               {"name": name, "group": rdef.group, "kind": rdef.plural})
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{rdef.qualified} "{name}" already exists',
+                    {"name": name, "group": rdef.group, "kind": rdef.plural},
+                )
             for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(field, None)
             meta["uid"] = str(uuid.uuid4())
@@ -330,11 +359,12 @@ class Store:
         if not obj.get("kind"):
             raise bad_request("Object 'Kind' is missing in the request body")
         if obj["kind"] != rdef.kind:
-            raise bad_request(f"the kind of the object ({obj['kind']}) does not match the "
-                              f"resource ({rdef.kind})")
+            raise bad_request(f"the kind of the object ({obj['kind']}) does not match the resource ({rdef.kind})")
         if obj.get("apiVersion") != rdef.api_version:
-            raise bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not "
-                              f"match the expected API version ({rdef.api_version})")
+            raise bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) does not "
+                f"match the expected API version ({rdef.api_version})"
+            )
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request("metadata must be an object")
 
@@ -349,18 +379,26 @@ class Store:
 
     # -- update (PUT, PATCH, status, scale) --------------------------------------------------
 
-    def replace(self, rdef: ResourceDef, namespace: str | None, name: str, body: Any, *,
-                subresource: str | None = None) -> WriteResult:
+    def replace(
+        self, rdef: ResourceDef, namespace: str | None, name: str, body: Any, *, subresource: str | None = None
+    ) -> WriteResult:
         """PUT: replace the object (or only its status with ``subresource='status'``)."""
         with self.lock:
             old = self.get(rdef, namespace, name)
             candidate = clone(body)
             self._check_identity(rdef, candidate)
-            return self._update(rdef, old, candidate, subresource=subresource,
-                                require_rv=rdef.custom)
+            return self._update(rdef, old, candidate, subresource=subresource, require_rv=rdef.custom)
 
-    def patch(self, rdef: ResourceDef, namespace: str | None, name: str, content_type: str,
-              patch: Any, *, subresource: str | None = None) -> WriteResult:
+    def patch(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        patch: Any,
+        *,
+        subresource: str | None = None,
+    ) -> WriteResult:
         with self.lock:
             old = self.get(rdef, namespace, name)
             result = self._apply_patch(rdef, clone(old), content_type, patch)
@@ -370,8 +408,9 @@ class Store:
             return self._update(rdef, old, result, subresource=subresource, require_rv=False)
 
     @staticmethod
-    def _apply_patch(rdef: ResourceDef, current: Any, content_type: str, patch: Any,
-                     strategic: bool | None = None) -> Any:
+    def _apply_patch(
+        rdef: ResourceDef, current: Any, content_type: str, patch: Any, strategic: bool | None = None
+    ) -> Any:
         """Apply a patch; strategic merge is refused for custom resources, as the apiserver does."""
         strategic = (not rdef.custom) if strategic is None else strategic
         if content_type == JSON_PATCH:
@@ -380,23 +419,31 @@ class Store:
             try:
                 return jsonpatch.apply_patch(current, patch)
             except jsonpatch.JsonPatchTestFailed as exc:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an "
-                               f"error in our request: testing value failed: {exc}") from exc
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the server rejected our request due to an error in our request: testing value failed: {exc}",
+                ) from exc
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an "
-                               f"error in our request: {exc}") from exc
+                raise ApiError(
+                    422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"
+                ) from exc
         if content_type == MERGE_PATCH or (content_type == STRATEGIC_PATCH and strategic):
             if not isinstance(patch, dict):
                 raise bad_request("a merge patch must be a JSON object")
             return merge_patch(current, patch)
         accepted = "application/json-patch+json, application/merge-patch+json" + (
-            ", application/strategic-merge-patch+json" if strategic else "")
-        raise ApiError(415, "UnsupportedMediaType",
-                       f"the body of the request was in an unknown format - accepted media "
-                       f"types include: {accepted}")
+            ", application/strategic-merge-patch+json" if strategic else ""
+        )
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+        )
 
-    def _update(self, rdef: ResourceDef, old: JSON, new: JSON, *, subresource: str | None,
-                require_rv: bool) -> WriteResult:
+    def _update(
+        self, rdef: ResourceDef, old: JSON, new: JSON, *, subresource: str | None, require_rv: bool
+    ) -> WriteResult:
         old_meta = old["metadata"]
         name = str(old_meta["name"])
         meta = new.get("metadata")
@@ -404,18 +451,29 @@ class Store:
             meta = new["metadata"] = {}
         for field in ("name", "namespace"):
             if meta.get(field) not in (None, "", old_meta.get(field)):
-                raise bad_request(f"the {field} of the object ({meta.get(field)}) does not "
-                                  f"match the {field} on the URL ({old_meta.get(field)})")
+                raise bad_request(
+                    f"the {field} of the object ({meta.get(field)}) does not "
+                    f"match the {field} on the URL ({old_meta.get(field)})"
+                )
         if meta.get("uid") not in (None, "", old_meta["uid"]):
-            raise rdef.conflict(name, f"Precondition failed: UID in precondition: "
-                                f"{meta.get('uid')}, UID in object meta: {old_meta['uid']}")
+            raise rdef.conflict(
+                name,
+                f"Precondition failed: UID in precondition: {meta.get('uid')}, UID in object meta: {old_meta['uid']}",
+            )
         version = meta.get("resourceVersion")
         if version not in (None, "") and version != old_meta["resourceVersion"]:
             raise rdef.conflict(name)
         if require_rv and version in (None, ""):
-            raise rdef.invalid(name, [FieldError(
-                "metadata.resourceVersion", "FieldValueInvalid",
-                "Invalid value: 0x0: must be specified for an update")])
+            raise rdef.invalid(
+                name,
+                [
+                    FieldError(
+                        "metadata.resourceVersion",
+                        "FieldValueInvalid",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )
+                ],
+            )
         for field in _IMMUTABLE_META:
             if field in old_meta:
                 meta[field] = old_meta[field]
@@ -434,13 +492,19 @@ class Store:
             else:
                 new.pop("status", None)
         if old_meta.get("deletionTimestamp"):
-            added = [f for f in meta.get("finalizers") or []
-                     if f not in (old_meta.get("finalizers") or [])]
+            added = [f for f in meta.get("finalizers") or [] if f not in (old_meta.get("finalizers") or [])]
             if added:
-                raise rdef.invalid(name, [FieldError(
-                    "metadata.finalizers", "FieldValueForbidden",
-                    f"Forbidden: no new finalizers can be added if the object is being deleted, "
-                    f"found new finalizers {added}")])
+                raise rdef.invalid(
+                    name,
+                    [
+                        FieldError(
+                            "metadata.finalizers",
+                            "FieldValueForbidden",
+                            f"Forbidden: no new finalizers can be added if the object is being deleted, "
+                            f"found new finalizers {added}",
+                        )
+                    ],
+                )
         errors = meta_errors(meta)
         if errors:
             raise rdef.invalid(name, errors)
@@ -453,8 +517,11 @@ class Store:
         if _comparable(new) == _comparable(old):
             return WriteResult(old, False)
         key = self._key(rdef, old_meta.get("namespace"), name)
-        if (meta.get("deletionTimestamp") and not meta.get("finalizers")
-                and not (rdef.skey == NAMESPACE_KEY and self._namespace_has_content(name))):
+        if (
+            meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and not (rdef.skey == NAMESPACE_KEY and self._namespace_has_content(name))
+        ):
             return WriteResult(self.present(self._remove(rdef.skey, key, new), rdef), True, True)
         self._commit(rdef.skey, key, new, "MODIFIED")
         if rdef.skey == CRD_KEY:
@@ -472,19 +539,25 @@ class Store:
     def _scale_of(rdef: ResourceDef, obj: JSON) -> JSON:
         assert rdef.scale is not None
         meta = obj["metadata"]
-        scale_meta = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                           "creationTimestamp") if k in meta}
+        scale_meta = {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+        }
         status: JSON = {"replicas": get_path(obj, rdef.scale.status_replicas_path) or 0}
         if rdef.scale.label_selector_path:
             selector = get_path(obj, rdef.scale.label_selector_path)
             if selector is not None:
                 status["selector"] = selector
-        return {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": scale_meta,
-                "spec": {"replicas": get_path(obj, rdef.scale.spec_replicas_path) or 0},
-                "status": status}
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": scale_meta,
+            "spec": {"replicas": get_path(obj, rdef.scale.spec_replicas_path) or 0},
+            "status": status,
+        }
 
-    def update_scale(self, rdef: ResourceDef, namespace: str | None, name: str,
-                     content_type: str | None, body: Any) -> WriteResult:
+    def update_scale(
+        self, rdef: ResourceDef, namespace: str | None, name: str, content_type: str | None, body: Any
+    ) -> WriteResult:
         """PUT (``content_type=None``) or PATCH the Scale; writes spec replicas to the object."""
         with self.lock:
             assert rdef.scale is not None
@@ -501,9 +574,13 @@ class Store:
                 raise rdef.conflict(name)
             replicas = (new_scale.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-                raise ApiError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: '
-                               f"spec.replicas: Invalid value: {replicas!r}: must be greater "
-                               "than or equal to 0")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'Scale.autoscaling "{name}" is invalid: '
+                    f"spec.replicas: Invalid value: {replicas!r}: must be greater "
+                    "than or equal to 0",
+                )
             candidate = clone(old)
             set_path(candidate, rdef.scale.spec_replicas_path, replicas)
             result = self._update(rdef, old, candidate, subresource=None, require_rv=False)
@@ -511,21 +588,29 @@ class Store:
 
     # -- delete and garbage collection -------------------------------------------------------
 
-    def delete(self, rdef: ResourceDef, namespace: str | None, name: str, *,
-               propagation: str | None = None,
-               preconditions: Mapping[str, Any] | None = None) -> WriteResult:
+    def delete(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str | None = None,
+        preconditions: Mapping[str, Any] | None = None,
+    ) -> WriteResult:
         with self.lock:
             obj = self.get(rdef, namespace, name)
             meta = obj["metadata"]
             for field in ("uid", "resourceVersion"):
                 wanted = (preconditions or {}).get(field)
                 if wanted and wanted != meta.get(field):
-                    raise rdef.conflict(name, f"Precondition failed: {field} in precondition: "
-                                        f"{wanted}, {field} in object meta: {meta.get(field)}")
+                    raise rdef.conflict(
+                        name,
+                        f"Precondition failed: {field} in precondition: "
+                        f"{wanted}, {field} in object meta: {meta.get(field)}",
+                    )
             if propagation not in (None, "Background", "Foreground", "Orphan"):
                 raise bad_request(f"unsupported propagationPolicy: {propagation}")
-            result = self._delete(rdef.skey, self._key(rdef, namespace, name),
-                                  propagation or "Background")
+            result = self._delete(rdef.skey, self._key(rdef, namespace, name), propagation or "Background")
             return WriteResult(self.present(result.obj, rdef), result.changed, result.removed)
 
     def _delete(self, skey: StorageKey, key: ObjKey, propagation: str) -> WriteResult:
@@ -566,8 +651,9 @@ class Store:
         return WriteResult(current if current is not None else new, True, current is None)
 
     def _namespace_has_content(self, namespace: str) -> bool:
-        return any(ns == namespace for skey, objects in self._objects.items()
-                   if skey != NAMESPACE_KEY for ns, _ in objects)
+        return any(
+            ns == namespace for skey, objects in self._objects.items() if skey != NAMESPACE_KEY for ns, _ in objects
+        )
 
     def _orphan(self, owner_uid: str) -> None:
         for skey, ns, name in list(self._dependents.get(owner_uid, ())):
@@ -586,8 +672,7 @@ class Store:
             others = [r for r in refs if r.get("uid") != owner_uid and r.get("uid") in self._uids]
             if others:  # other owners still hold it: only the reference goes (as the real GC)
                 new = clone(obj)
-                new["metadata"]["ownerReferences"] = [r for r in refs
-                                                      if r.get("uid") != owner_uid]
+                new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != owner_uid]
                 self._commit(skey, (ns, name), new, "MODIFIED")
             elif not others:
                 self._delete(skey, (ns, name), propagation)
@@ -617,8 +702,7 @@ class Store:
                     self._commit(skey, (ns, name), new, "MODIFIED")
                     progress = True
                     break
-                if (skey == NAMESPACE_KEY and not finalizers
-                        and not self._namespace_has_content(name)):
+                if skey == NAMESPACE_KEY and not finalizers and not self._namespace_has_content(name):
                     self._remove(skey, (ns, name), clone(obj))
                     progress = True
                     break
@@ -629,13 +713,14 @@ class Store:
     def _crd_status(crd: JSON) -> JSON:
         spec = crd["spec"]
         storage = [v["name"] for v in spec["versions"] if v.get("storage")]
-        conditions = [{"type": t, "status": "True", "reason": r, "message": m,
-                       "lastTransitionTime": now()}
-                      for t, r, m in (("NamesAccepted", "NoConflicts", "no conflicts found"),
-                                      ("Established", "InitialNamesAccepted",
-                                       "the initial names have been accepted"))]
-        return {"acceptedNames": dict(spec["names"]), "conditions": conditions,
-                "storedVersions": storage}
+        conditions = [
+            {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now()}
+            for t, r, m in (
+                ("NamesAccepted", "NoConflicts", "no conflicts found"),
+                ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+            )
+        ]
+        return {"acceptedNames": dict(spec["names"]), "conditions": conditions, "storedVersions": storage}
 
     def _sync_crd(self, crd: JSON) -> None:
         defs = resource_defs_from_crd(crd)

@@ -392,27 +392,47 @@ def name_errors(name: str, *, label: bool) -> list[FieldError]:
     limit, pattern = (63, _LABEL) if label else (253, _SUBDOMAIN)
     kind = "RFC 1123 label" if label else "RFC 1123 subdomain"
     if len(name) > limit:
-        return [FieldError("metadata.name", "FieldValueInvalid",
-                           f'Invalid value: "{name}": must be no more than {limit} characters')]
+        return [
+            FieldError(
+                "metadata.name",
+                "FieldValueInvalid",
+                f'Invalid value: "{name}": must be no more than {limit} characters',
+            )
+        ]
     if not pattern.match(name):
-        return [FieldError("metadata.name", "FieldValueInvalid",
-                           f'Invalid value: "{name}": a lowercase {kind} must consist of lower '
-                           "case alphanumeric characters, '-' or '.', and must start and end "
-                           f"with an alphanumeric character (regex used for validation is "
-                           f"'{pattern.pattern.strip('^$')}')")]
+        return [
+            FieldError(
+                "metadata.name",
+                "FieldValueInvalid",
+                f'Invalid value: "{name}": a lowercase {kind} must consist of lower '
+                "case alphanumeric characters, '-' or '.', and must start and end "
+                f"with an alphanumeric character (regex used for validation is "
+                f"'{pattern.pattern.strip('^$')}')",
+            )
+        ]
     return []
 
 
 def _key_errors(field: str, key: Any) -> list[FieldError]:
     text = str(key)
     prefix, _, name = text.rpartition("/")
-    if (not isinstance(key, str) or not name or len(name) > 63 or not _QUALIFIED.match(name)
-            or (prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)))):
-        return [FieldError(field, "FieldValueInvalid",
-                           f'Invalid value: "{text}": name part must consist of alphanumeric '
-                           "characters, '-', '_' or '.', and must start and end with an "
-                           "alphanumeric character, at most 63 characters, with an optional "
-                           "DNS subdomain prefix and '/'")]
+    if (
+        not isinstance(key, str)
+        or not name
+        or len(name) > 63
+        or not _QUALIFIED.match(name)
+        or (prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)))
+    ):
+        return [
+            FieldError(
+                field,
+                "FieldValueInvalid",
+                f'Invalid value: "{text}": name part must consist of alphanumeric '
+                "characters, '-', '_' or '.', and must start and end with an "
+                "alphanumeric character, at most 63 characters, with an optional "
+                "DNS subdomain prefix and '/'",
+            )
+        ]
     return []
 
 
@@ -420,29 +440,39 @@ def meta_errors(meta: Mapping[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     labels = meta.get("labels")
     if labels is not None and not isinstance(labels, dict):
-        errors.append(FieldError("metadata.labels", "FieldValueTypeInvalid",
-                                 "Invalid value: must be a map of strings"))
+        errors.append(FieldError("metadata.labels", "FieldValueTypeInvalid", "Invalid value: must be a map of strings"))
     for key, value in (labels or {}).items() if isinstance(labels, dict) else ():
         errors += _key_errors("metadata.labels", key)
         if not isinstance(value, str) or len(value) > 63 or (value and not _QUALIFIED.match(value)):
-            errors.append(FieldError(
-                "metadata.labels", "FieldValueInvalid",
-                f'Invalid value: "{value}": a valid label must be an empty string or consist of '
-                "alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                "alphanumeric character, at most 63 characters"))
+            errors.append(
+                FieldError(
+                    "metadata.labels",
+                    "FieldValueInvalid",
+                    f'Invalid value: "{value}": a valid label must be an empty string or consist of '
+                    "alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                    "alphanumeric character, at most 63 characters",
+                )
+            )
     annotations = meta.get("annotations")
     if annotations is not None and not isinstance(annotations, dict):
-        errors.append(FieldError("metadata.annotations", "FieldValueTypeInvalid",
-                                 "Invalid value: must be a map of strings"))
+        errors.append(
+            FieldError("metadata.annotations", "FieldValueTypeInvalid", "Invalid value: must be a map of strings")
+        )
     elif annotations:
         total = 0
         for key, value in annotations.items():
             errors += _key_errors("metadata.annotations", key)
             if not isinstance(value, str):
-                errors.append(FieldError("metadata.annotations", "FieldValueTypeInvalid",
-                                         f'Invalid value: "{key}": values must be strings'))
+                errors.append(
+                    FieldError(
+                        "metadata.annotations",
+                        "FieldValueTypeInvalid",
+                        f'Invalid value: "{key}": values must be strings',
+                    )
+                )
             total += len(str(key)) + len(str(value))
         if total > 256 * 1024:
-            errors.append(FieldError("metadata.annotations", "FieldValueTooLong",
-                                     "Too long: must have at most 262144 bytes"))
+            errors.append(
+                FieldError("metadata.annotations", "FieldValueTooLong", "Too long: must have at most 262144 bytes")
+            )
     return errors

@@ -63,8 +63,7 @@ class FaultPlan:
             return None
         if self.verbs is not None and verb not in self.verbs:
             return None
-        if self.user_agent_prefix is not None and not user_agent.startswith(
-                self.user_agent_prefix):
+        if self.user_agent_prefix is not None and not user_agent.startswith(self.user_agent_prefix):
             return None
         with self._lock:
             status = None
@@ -75,8 +74,12 @@ class FaultPlan:
             if self.delay_rate and self._rng.random() < self.delay_rate:
                 delay = self._rng.uniform(*self.delay_range)
             drop_after = None
-            if (verb == "watch" and status is None and self.watch_drop_rate
-                    and self._rng.random() < self.watch_drop_rate):
+            if (
+                verb == "watch"
+                and status is None
+                and self.watch_drop_rate
+                and self._rng.random() < self.watch_drop_rate
+            ):
                 drop_after = self._rng.uniform(*self.watch_drop_after)
             decision = FaultDecision(status, delay, drop_after)
             if not decision.label:

@@ -114,12 +114,18 @@ class KubeAPI:
     All object-access methods are thread-safe and bypass HTTP (they are not recorded).
     """
 
-    def __init__(self, *, token: str | None = None,
-                 namespaces: Iterable[str] = ("default", "kube-system", "kube-public"),
-                 crds: Iterable[Mapping[str, Any] | str | os.PathLike[str]] = (),
-                 faults: FaultPlan | None = None, history_limit: int = 10_000,
-                 bookmark_interval: float = 60.0, server_version: tuple[str, str] = ("1", "31"),
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        namespaces: Iterable[str] = ("default", "kube-system", "kube-public"),
+        crds: Iterable[Mapping[str, Any] | str | os.PathLike[str]] = (),
+        faults: FaultPlan | None = None,
+        history_limit: int = 10_000,
+        bookmark_interval: float = 60.0,
+        server_version: tuple[str, str] = ("1", "31"),
+        seed: int = 0,
+    ) -> None:
         self.store = Store(history_limit=history_limit, seed=seed)
         self.faults: FaultPlan | None = faults
         self.token = token
@@ -142,9 +148,14 @@ class KubeAPI:
     async def __aenter__(self) -> Self:
         if self._handler is not None:
             raise RuntimeError("the emulator is already running")
-        handler = KubeHandler(self.store, self._log, token=self.token, faults=lambda: self.faults,
-                              bookmark_interval=self._bookmark_interval,
-                              server_version=self._server_version)
+        handler = KubeHandler(
+            self.store,
+            self._log,
+            token=self.token,
+            faults=lambda: self.faults,
+            bookmark_interval=self._bookmark_interval,
+            server_version=self._server_version,
+        )
         await handler.__aenter__()
         # Not kmock.Server: its DNS interceptor patches aiohttp's resolver process-wide and must be
         # exited in LIFO order, which breaks emulators started and stopped in different threads.
@@ -157,8 +168,9 @@ class KubeAPI:
         self._handler, self._server = handler, server
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         handler, server = self._handler, self._server
         self._handler = self._server = None
         if handler is None or server is None:
@@ -213,8 +225,9 @@ class KubeAPI:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- connecting --------------------------------------------------------------------------
@@ -241,11 +254,14 @@ class KubeAPI:
     def kubeconfig(self, namespace: str = "default") -> JSON:
         user: JSON = {"token": self.token} if self.token is not None else {}
         return {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
             "users": [{"name": "emulator", "user": user}],
-            "contexts": [{"name": "emulator", "context": {
-                "cluster": "emulator", "user": "emulator", "namespace": namespace}}],
+            "contexts": [
+                {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
+            ],
             "current-context": "emulator",
         }
 
@@ -256,8 +272,7 @@ class KubeAPI:
         return target
 
     @contextlib.contextmanager
-    def use_kubeconfig(self, path: str | os.PathLike[str],
-                       namespace: str = "default") -> Iterator[Path]:
+    def use_kubeconfig(self, path: str | os.PathLike[str], namespace: str = "default") -> Iterator[Path]:
         """Write a kubeconfig and make it the process default (KUBECONFIG) while inside.
 
         Besides the environment variable, this repoints ``kubernetes.config``'s default location,
@@ -286,13 +301,14 @@ class KubeAPI:
     def register_crd(self, crd: Mapping[str, Any] | str | os.PathLike[str]) -> list[ResourceDef]:
         """Create (or replace) a CRD from a manifest dict or file; returns its served versions."""
         manifest = load_crd(crd) if isinstance(crd, str | os.PathLike) else crd
-        body = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                **manifest}
+        body = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", **manifest}
         self.put_object(*CRD_GVR, body)
         spec = body["spec"]
-        return [rdef for v in spec["versions"]
-                if (rdef := self.store.resolve(spec["group"], v["name"],
-                                               spec["names"]["plural"])) is not None]
+        return [
+            rdef
+            for v in spec["versions"]
+            if (rdef := self.store.resolve(spec["group"], v["name"], spec["names"]["plural"])) is not None
+        ]
 
     def register_resource(self, rdef: ResourceDef) -> None:
         """Serve one more built-in resource (stored without schema validation)."""
@@ -309,8 +325,7 @@ class KubeAPI:
     def _rdef(self, group: str, version: str, plural: str) -> ResourceDef:
         return self.store.require(group, version, plural)
 
-    def get(self, group: str, version: str, plural: str, namespace: str | None,
-            name: str) -> JSON | None:
+    def get(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> JSON | None:
         """A copy of the object, or None if absent."""
         try:
             return clone(self.store.get(self._rdef(group, version, plural), namespace, name))
@@ -319,14 +334,17 @@ class KubeAPI:
                 return None
             raise
 
-    def objects(self, group: str, version: str, plural: str, namespace: str | None = None, *,
-                label_selector: str | None = None) -> list[JSON]:
-        items, _ = self.store.list_objects(self._rdef(group, version, plural), namespace,
-                                   parse_label_selector(label_selector))
+    def objects(
+        self, group: str, version: str, plural: str, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[JSON]:
+        items, _ = self.store.list_objects(
+            self._rdef(group, version, plural), namespace, parse_label_selector(label_selector)
+        )
         return [clone(item) for item in items]
 
-    def put_object(self, group: str, version: str, plural: str, obj: Mapping[str, Any], *,
-                   subresource: str | None = None) -> JSON:
+    def put_object(
+        self, group: str, version: str, plural: str, obj: Mapping[str, Any], *, subresource: str | None = None
+    ) -> JSON:
         """Create or replace an object as another controller would (validation applies).
 
         Without ``metadata.resourceVersion`` the replace is unconditional; with
@@ -343,27 +361,37 @@ class KubeAPI:
                 if subresource != "status":
                     return clone(current)
             current_meta = current["metadata"]
-            body["metadata"] = {**meta, "name": current_meta["name"], "resourceVersion": (
-                meta.get("resourceVersion") or current_meta["resourceVersion"])}
-            result = self.store.replace(rdef, namespace, str(current_meta["name"]), body,
-                                        subresource=subresource)
+            body["metadata"] = {
+                **meta,
+                "name": current_meta["name"],
+                "resourceVersion": (meta.get("resourceVersion") or current_meta["resourceVersion"]),
+            }
+            result = self.store.replace(rdef, namespace, str(current_meta["name"]), body, subresource=subresource)
             return clone(result.obj)
 
-    def patch_object(self, group: str, version: str, plural: str, namespace: str | None,
-                     name: str, patch: Any, *, subresource: str | None = None,
-                     content_type: str = MERGE_PATCH) -> JSON:
+    def patch_object(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        subresource: str | None = None,
+        content_type: str = MERGE_PATCH,
+    ) -> JSON:
         """Patch an object (merge patch by default), e.g. a RayService's status."""
         rdef = self._rdef(group, version, plural)
-        result = self.store.patch(rdef, namespace, name, content_type, patch,
-                                  subresource=subresource)
+        result = self.store.patch(rdef, namespace, name, content_type, patch, subresource=subresource)
         return clone(result.obj)
 
-    def delete(self, group: str, version: str, plural: str, namespace: str | None, name: str,
-               *, propagation: str | None = None) -> bool:
+    def delete(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str, *, propagation: str | None = None
+    ) -> bool:
         """Delete as a client would (finalizers and garbage collection apply); False if absent."""
         try:
-            self.store.delete(self._rdef(group, version, plural), namespace, name,
-                              propagation=propagation)
+            self.store.delete(self._rdef(group, version, plural), namespace, name, propagation=propagation)
         except ApiError as exc:
             if exc.code == 404:
                 return False
@@ -385,18 +413,23 @@ class KubeAPI:
         """Every request served so far, in arrival order."""
         return self._log.snapshot()
 
-    def writes(self, *, changed: bool | None = None,
-               user_agent: str | None = None) -> list[RequestRecord]:
+    def writes(self, *, changed: bool | None = None, user_agent: str | None = None) -> list[RequestRecord]:
         """Write requests (create/update/patch/delete), optionally only (non-)changing ones."""
-        return [r for r in self.requests if r.is_write
-                and (changed is None or (r.changed == changed and (r.status or 0) < 400))
-                and (user_agent is None or r.user_agent.startswith(user_agent))]
+        return [
+            r
+            for r in self.requests
+            if r.is_write
+            and (changed is None or (r.changed == changed and (r.status or 0) < 400))
+            and (user_agent is None or r.user_agent.startswith(user_agent))
+        ]
 
     def verbs_used(self, *, user_agent: str | None = None) -> set[tuple[str, str, str, str]]:
         """Distinct ``(verb, group, resource, subresource)`` requested (e.g. by ``"kopf/"``)."""
-        return {rule for r in self.requests
-                if (user_agent is None or r.user_agent.startswith(user_agent))
-                and (rule := r.rbac) is not None}
+        return {
+            rule
+            for r in self.requests
+            if (user_agent is None or r.user_agent.startswith(user_agent)) and (rule := r.rbac) is not None
+        }
 
     def clear_log(self) -> None:
         self._log.clear()
@@ -404,8 +437,7 @@ class KubeAPI:
     # -- waiting -----------------------------------------------------------------------------
 
     @staticmethod
-    def wait_until(condition: Callable[[], T | None], timeout: float = 10.0,
-                   interval: float = 0.05) -> T:
+    def wait_until(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05) -> T:
         """Poll ``condition`` (from a sync test) until it returns something truthy."""
         deadline = time.monotonic() + timeout
         while True:

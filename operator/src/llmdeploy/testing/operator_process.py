@@ -1,0 +1,82 @@
+"""`llmdeploy operator` in a child process, as it runs in its pod: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class OperatorProcess:
+    """Starts, stops or kills the real operator against the cluster a kubeconfig names."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        *,
+        status_interval_s: float = 0.5,
+        status_idle_s: float = 0.3,
+        verbose: bool = True,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.env = {
+            "KUBECONFIG": str(kubeconfig),
+            "LLMDEPLOY_STATUS_INTERVAL_S": str(status_interval_s),
+            "LLMDEPLOY_STATUS_IDLE_S": str(status_idle_s),
+        }
+        self.verbose = verbose
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "llmdeploy.cli", "operator", "--standalone", "--liveness", ""]
+        if self.verbose:
+            cmd.append("--verbose")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    what: str,
+    timeout: float = 20,
+    operator: OperatorProcess | None = None,
+    poll_s: float = 0.1,
+) -> Any:
+    """Poll `condition` until truthy; fail with the operator's log tail if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if operator is not None and operator.proc is not None and not operator.alive:
+            raise AssertionError(f"operator exited while waiting for {what}:\n{operator.output[-4000:]}")
+        time.sleep(poll_s)
+    tail = operator.output[-4000:] if operator else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
