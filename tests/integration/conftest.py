@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmdeploy.testing.kubeapi import KubeAPI
-from llmdeploy.testing.operator_process import OperatorProcess, wait_for
+from llmdeploy.testing.operator_process import OperatorProcess, free_port, wait_for
 
 __all__ = ["LLMD", "RAYSERVICES", "OperatorProcess", "llmdeployment", "wait_for"]
 
@@ -51,7 +51,7 @@ def kube(tmp_path: Path) -> Iterator[KubeAPI]:
 
 @pytest.fixture
 def operator(kube: KubeAPI, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(tmp_path / "kubeconfig", tmp_path / "operator.log")
+    proc = OperatorProcess(tmp_path / "kubeconfig", tmp_path / "operator.log", metrics_port=free_port())
     proc.start()
     wait_for(
         lambda: (

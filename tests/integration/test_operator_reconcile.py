@@ -253,3 +253,41 @@ def test_a_rayservice_owned_by_someone_else_is_not_taken_over(kube: KubeAPI, ope
     )
     rs = kube.get(*RAYSERVICES, "default", "taken")
     assert rs is not None and rs["spec"]["serveConfigV2"] == "applications: []\n"
+
+
+def _sample(text: str, metric: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def test_operator_metrics_follow_the_work(kube: KubeAPI, operator: OperatorProcess) -> None:
+    _settle(kube, operator, "tiny")
+    _make_ready(kube, "tiny")
+    wait_for(
+        lambda: _sample(operator.metrics(), "llmdeploy_deployment_ready_replicas", name="tiny") == 1,
+        what="ready replicas in metrics",
+        operator=operator,
+    )
+    text = operator.metrics()
+    assert _sample(text, "llmdeploy_operator_reconciles_total", outcome="created") == 1
+    assert _sample(text, "llmdeploy_operator_child_applies_total", kind="RayService", outcome="created") == 1
+    assert _sample(text, "llmdeploy_operator_deployments", phase="Ready") == 1
+    assert _sample(text, "llmdeploy_deployment_desired_replicas", namespace="default", name="tiny") == 1
+    assert (_sample(text, "llmdeploy_operator_reconcile_duration_seconds_count") or 0) >= 1
+    kube.put_object(*LLMD, llmdeployment("bad", quantization={"method": "awq"}))
+    wait_for(
+        lambda: _sample(operator.metrics(), "llmdeploy_operator_reconcile_errors_total", reason="InvalidSpec"),
+        what="invalid spec counted",
+        operator=operator,
+    )
+    kube.delete(*LLMD, "default", "tiny")
+    wait_for(
+        lambda: _sample(operator.metrics(), "llmdeploy_deployment_desired_replicas", name="tiny") is None,
+        what="deleted deployment forgotten",
+        operator=operator,
+    )

@@ -18,7 +18,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from llmdeploy.operator import conditions as cond
-from llmdeploy.operator import k8s, naming, render
+from llmdeploy.operator import k8s, metrics, naming, render
 from llmdeploy.operator.api import GROUP, PLURAL, VERSION, ConditionType, LLMDeploymentSpec
 from llmdeploy.operator.conditions import Reason
 from llmdeploy.operator.errors import NotOwnedError, SpecError
@@ -26,7 +26,7 @@ from llmdeploy.operator.settings import SETTINGS
 from llmdeploy.operator.status import changed_fields, observed_status, phase_of
 from llmdeploy.operator.validation import Report, parse_spec
 
-__all__ = ["rayservices_by_owner", "reconcile", "refresh_status"]
+__all__ = ["forget", "rayservices_by_owner", "reconcile", "refresh_status"]
 
 # Reasons under which nothing was rendered for the current generation.
 _BLOCKING = frozenset({Reason.INVALID_SPEC, Reason.CHILD_CONFLICT, Reason.APPLY_FAILED})
@@ -43,9 +43,10 @@ def _desired_replicas(spec: LLMDeploymentSpec) -> int:
     return 0 if scaling.scale_to_zero.enabled else scaling.min_replicas
 
 
-def _write_status(patch: kopf.Patch, current: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def _write_status(patch: kopf.Patch, body: kopf.Body, current: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     for key, value in changed_fields(current, new).items():
         patch.status[key] = value
+    metrics.DEPLOYMENTS.update(body.metadata["namespace"], body.metadata["name"], {**current, **new})
 
 
 def _set(
@@ -60,6 +61,7 @@ def _set(
 
 
 def _degraded(body: kopf.Body, patch: kopf.Patch, reason: Reason, message: str, generation: int | None) -> None:
+    metrics.RECONCILE_ERRORS.labels(reason.value).inc()
     kopf.warn(body, reason=reason.value, message=message[:1024])
     current = dict(body.status)
     conditions = list(current.get("conditions") or [])
@@ -68,20 +70,24 @@ def _degraded(body: kopf.Body, patch: kopf.Patch, reason: Reason, message: str, 
     if cond.get(conditions, ConditionType.READY) is None:
         conditions = _set(conditions, ConditionType.READY, False, reason, message, generation)
     new = {"conditions": conditions, "phase": phase_of(conditions).value, "observedGeneration": generation}
-    _write_status(patch, current, new)
+    _write_status(patch, body, current, new)
 
 
 async def _apply(body: kopf.Body, patch: kopf.Patch, desired: dict[str, Any]) -> k8s.ApplyOutcome | None:
     """Apply the child; on a permanent refusal report `Degraded` and return None."""
     meta = body.metadata
     try:
-        return await k8s.apply_rayservice(desired, owner_uid=meta["uid"])
+        outcome = await k8s.apply_rayservice(desired, owner_uid=meta["uid"])
     except NotOwnedError as exc:
         _degraded(body, patch, Reason.CHILD_CONFLICT, str(exc), meta.get("generation"))
     except ApiException as exc:
         # A permanent refusal (403, 422): say what the API server said; a spec change retries.
         message = f"the API server refused the RayService: HTTP {exc.status} {exc.reason}: {exc.body}"
         _degraded(body, patch, Reason.APPLY_FAILED, message, meta.get("generation"))
+    else:
+        if outcome != k8s.ApplyOutcome.UNCHANGED:
+            metrics.CHILD_APPLIES.labels("RayService", outcome.value).inc()
+        return outcome
     return None
 
 
@@ -97,6 +103,13 @@ def _desired(body: kopf.Body, spec: LLMDeploymentSpec) -> dict[str, Any]:
 async def reconcile(
     body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, logger: kopf.Logger, **_: Any
 ) -> None:
+    with metrics.RECONCILE_DURATION.time():
+        outcome = await _reconcile(body, meta, spec, patch, logger)
+    metrics.RECONCILES.labels(outcome).inc()
+
+
+async def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, logger: kopf.Logger) -> str:
+    """Returns the outcome label: created, updated, unchanged, invalid or refused."""
     generation = meta.get("generation")
     name, namespace = meta["name"], meta["namespace"]
     try:
@@ -104,11 +117,11 @@ async def reconcile(
     except SpecError as exc:
         logger.info("invalid spec, nothing applied: %s", "; ".join(exc.problems))
         _degraded(body, patch, Reason.INVALID_SPEC, "; ".join(exc.problems), generation)
-        return  # terminal until the spec changes: no retry, no exception loop
+        return "invalid"  # terminal until the spec changes: no retry, no exception loop
     desired = _desired(body, parsed)
     outcome = await _apply(body, patch, desired)
     if outcome is None:
-        return
+        return "refused"
     current = dict(body.status)
     conditions = _set(
         list(current.get("conditions") or []), ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", generation
@@ -141,6 +154,7 @@ async def reconcile(
     _log_notes(logger, report)
     _write_status(
         patch,
+        body,
         current,
         {
             "conditions": conditions,
@@ -153,6 +167,7 @@ async def reconcile(
             "quantizationMode": report.quantization_mode,
         },
     )
+    return outcome.value
 
 
 def _log_notes(logger: kopf.Logger, report: Report) -> None:
@@ -195,9 +210,16 @@ async def refresh_status(
         outcome = await _apply(body, patch, desired)
         if outcome is not None and outcome != k8s.ApplyOutcome.UNCHANGED:
             what = "recreated" if outcome == k8s.ApplyOutcome.CREATED else "repaired (it had been edited by hand)"
+            metrics.DRIFT_REPAIRS.inc()
             kopf.warn(body, reason="RayServiceDrift", message=f"RayService {desired['metadata']['name']} {what}")
             logger.warning("RayService %s %s", desired["metadata"]["name"], what)
     new = observed_status(
         current, child, desired_replicas=int(current.get("desiredReplicas") or 0), generation=generation, now=_now()
     )
-    _write_status(patch, current, new)
+    _write_status(patch, body, current, new)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(meta: kopf.Meta, **_: Any) -> None:
+    """Drop a deleted LLMDeployment's gauges (optional: adds no finalizer; children go by GC)."""
+    metrics.DEPLOYMENTS.forget(meta["namespace"], meta["name"])

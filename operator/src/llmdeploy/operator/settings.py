@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from llmdeploy.operator import k8s
+from llmdeploy.operator import k8s, metrics
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ SETTINGS = OperatorSettings.from_env()
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     k8s.load_config()
+    metrics.serve(SETTINGS.metrics_port)
     # Handler progress lives in annotations; kopf's own diff-base annotation is what tells a
     # real spec change from a resume, so a restart does not re-apply anything.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="llmdeploy.io")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ class OperatorProcess:
         *,
         status_interval_s: float = 0.5,
         status_idle_s: float = 0.3,
+        metrics_port: int = 0,
         verbose: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
@@ -30,7 +33,9 @@ class OperatorProcess:
             "KUBECONFIG": str(kubeconfig),
             "LLMDEPLOY_STATUS_INTERVAL_S": str(status_interval_s),
             "LLMDEPLOY_STATUS_IDLE_S": str(status_idle_s),
+            "LLMDEPLOY_METRICS_PORT": str(metrics_port),
         }
+        self.metrics_port = metrics_port
         self.verbose = verbose
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,6 +57,11 @@ class OperatorProcess:
             self.proc.wait()
         self.proc = None
 
+    def metrics(self) -> str:
+        """The text of the operator's /metrics page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -59,6 +69,12 @@ class OperatorProcess:
     @property
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(
