@@ -481,7 +481,7 @@ class ServingSpec(_Model):
     )
     max_queued_requests: int = Field(
         default=256,
-        ge=0,
+        ge=1,
         le=1_000_000,
         description=(
             "Requests waiting for a replica beyond that; further requests are shed with HTTP "

@@ -1,0 +1,422 @@
+"""The Ray Serve application builder named in `serveConfigV2.import_path`.
+
+This module owns the translation of `ServingArgs` (the contract the operator renders) into Ray
+Serve LLM's public configuration: the `LLMConfig` of the engine deployment (vLLM engine
+arguments, the explicit Ray Serve deployment options, the accelerator) and the arguments of
+`ray.serve.llm.build_openai_app` (ingress class and ingress deployment options). It also owns
+model-source resolution: `builtin://<preset>` names a random-weight model built by
+`llmdeploy.serving.tinymodel`, a local path is loaded as it is, anything else is a model-hub id
+that vLLM fetches itself (with `HF_TOKEN` from the replica's environment, never from the
+arguments).
+
+The mapping (`engine_kwargs`, `deployment_config`, `ingress_deployment_config`,
+`llm_config_kwargs`, `openai_app_args`) is pure: no Ray, no vLLM, no I/O, so it is unit-tested
+without starting Ray. `resolve_model_source` only reads the model-cache environment variables
+and asks whether a bare relative name is a folder. Ray and vLLM are imported only when an
+application is built (`build_app`) or a Ray-derived class is first used.
+
+The ingress is Ray Serve LLM's `OpenAiIngress`, subclassed only so that an unknown model gets
+an OpenAI error body (see `OpenAiIngress` below); callers may pass another ingress class.
+Request routing stays Ray's default (power of two choices) and there is no response cache
+yet: `RouterArgs` and `ResponseCacheArgs` are validated here but wired in by the modules that
+implement them.
+
+Checks that need the files of a model run where the engine runs, not where the application
+is built: in a RayService the builder runs on the head pod, while model volumes are mounted
+on the worker pods only. The `EngineNodeSetup` callback (Ray Serve LLM's `callback_config`)
+runs on every node of a replica's placement group before vLLM starts: it builds
+`builtin://` models there and fails with a one-line error when a local path is missing.
+`check_model_sources` gives the same answer before deploying, for local runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from llmdeploy.serving import tinymodel
+from llmdeploy.serving.config import Accelerator, DeploymentArgs, EngineArgs, ServingArgs
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+# The callback Ray Serve LLM instantiates on each engine node (see `__getattr__`).
+ENGINE_NODE_SETUP: Final = "llmdeploy.serving.app:EngineNodeSetup"
+# The OpenAI ingress (Ray Serve LLM's, with OpenAI-shaped errors for unknown models).
+INGRESS_CLS: Final = "llmdeploy.serving.app:OpenAiIngress"
+# vLLM's CPU backend reads this (GiB) and lets it silently override kv_cache_memory_bytes. A
+# runtime_env can only set variables, and no value is neutral ("" fails vLLM's int parsing, "0"
+# means 0 bytes), so `EngineNodeSetup` removes it in the replica process before vLLM starts.
+CPU_KV_CACHE_SPACE_ENV: Final = "VLLM_CPU_KVCACHE_SPACE"
+LOCAL_PATH_PREFIXES: Final = ("/", "./", "../", "~", "file://")
+
+# Ray Serve routes this logger into the replica logs.
+_logger = logging.getLogger("ray.serve")
+
+
+class SourceKind(StrEnum):
+    BUILTIN = "builtin"
+    LOCAL = "local"
+    HUB = "hub"
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be served; the message is one line that says what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where vLLM loads a model from, after resolving `builtin://` and local paths."""
+
+    kind: SourceKind
+    # What vLLM is given: a local folder, or a hub id.
+    location: str
+    # The source as written in the arguments.
+    declared: str
+    # The preset name for builtin models.
+    preset: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "kind": self.kind.value,
+            "location": self.location,
+            "declared": self.declared,
+            "preset": self.preset,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSource:
+        return cls(
+            kind=SourceKind(data["kind"]),
+            location=str(data["location"]),
+            declared=str(data["declared"]),
+            preset=data.get("preset"),
+        )
+
+
+def resolve_model_source(source: str, *, cache_dir: Path | str | None = None) -> ModelSource:
+    """Classify a model source and say what vLLM should load. Builds and checks nothing.
+
+    `builtin://tiny` → the folder `ensure_tiny_model` writes (under `cache_dir`, default the
+    model cache of `tinymodel`); a path (absolute, `./`, `../`, `~`, `file://`) → that path,
+    absolute; anything else → a hub id, unchanged. A bare relative name that exists as a
+    folder here is a local path, as in Hugging Face's own loaders.
+    """
+    if tinymodel.is_builtin(source):
+        try:
+            kind = tinymodel.builtin_kind(source)
+        except tinymodel.UnknownBuiltinModelError as err:
+            raise ModelSourceError(str(err)) from None
+        location = tinymodel.model_path(kind, cache_dir)
+        return ModelSource(SourceKind.BUILTIN, str(location), source, preset=kind)
+    if source.startswith(LOCAL_PATH_PREFIXES) or os.path.isdir(source):
+        path = Path(source.removeprefix("file://")).expanduser().absolute()
+        return ModelSource(SourceKind.LOCAL, str(path), source)
+    if not source.strip():
+        raise ModelSourceError("model source is empty; give a hub id, a path or builtin://tiny")
+    return ModelSource(SourceKind.HUB, source, source)
+
+
+def check_model_source(model: ModelSource) -> None:
+    """Raise `ModelSourceError` (one line) when a local model folder is not on this node."""
+    if model.kind is not SourceKind.LOCAL:
+        return
+    path = Path(model.location)
+    where = f"on node {socket.gethostname()}"
+    if not path.exists():
+        raise ModelSourceError(f"model path {path} does not exist {where} (source {model.declared!r})")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelSourceError(f"model path {path} has no config.json {where}; point it at a Hugging Face model folder")
+
+
+def prepare_model_source(model: ModelSource) -> Path | None:
+    """Make a model's files present on this node: build a builtin model, check a local path."""
+    if model.kind is SourceKind.BUILTIN:
+        assert model.preset is not None
+        built = tinymodel.ensure_tiny_model(model.preset, Path(model.location).parent)
+        if str(built) != model.location:
+            raise ModelSourceError(
+                f"{model.declared} built at {built}, expected {model.location}; "
+                "the model-cache code differs between nodes"
+            )
+        return built
+    check_model_source(model)
+    return Path(model.location) if model.kind is SourceKind.LOCAL else None
+
+
+def engine_kwargs(engine: EngineArgs, *, draft: ModelSource | None = None) -> dict[str, Any]:
+    """vLLM engine arguments (everything but `model`/`served_model_name`, which Ray sets).
+
+    Ray Serve LLM adds the executor backend itself (`mp` on CPU, `ray` on GPU).
+    """
+    kwargs: dict[str, Any] = {
+        "max_num_seqs": engine.max_num_seqs,
+        "max_num_batched_tokens": engine.max_num_batched_tokens,
+        "enable_chunked_prefill": engine.enable_chunked_prefill,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "kv_cache_dtype": engine.kv_cache_dtype,
+        "enforce_eager": engine.enforce_eager,
+        "trust_remote_code": engine.trust_remote_code,
+        # Engine metrics (vllm:* → ray_vllm_*) need stats; Ray refuses the combination anyway.
+        "disable_log_stats": False,
+    }
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if engine.quantization is not None:
+        kwargs["quantization"] = engine.quantization
+    if engine.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
+    if engine.revision is not None:
+        kwargs["revision"] = engine.revision
+    if engine.speculative is not None:
+        kwargs["speculative_config"] = {
+            "model": draft.location if draft is not None else engine.speculative.model,
+            "num_speculative_tokens": engine.speculative.num_speculative_tokens,
+        }
+    return kwargs
+
+
+def autoscaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> dict[str, Any]:
+    """Ray Serve autoscaling of the engine replicas, with every knob explicit.
+
+    Ray's built-in policy scales on ongoing requests per replica (running in the engine plus
+    waiting at handles). A replica runs up to `max_num_seqs` at once, so aiming for
+    `max_num_seqs + target_queue_depth` ongoing requests aims for `target_queue_depth`
+    waiting ones. Ray Serve LLM's own default target is 1e9, which never scales.
+    """
+    scale_to_zero = deployment.scale_to_zero_idle_s is not None
+    floor = 0 if scale_to_zero else deployment.min_replicas
+    config: dict[str, Any] = {
+        "min_replicas": floor,
+        "initial_replicas": min(deployment.min_replicas, deployment.max_replicas),
+        "max_replicas": deployment.max_replicas,
+        "target_ongoing_requests": float(max_num_seqs + deployment.target_queue_depth),
+        "upscale_delay_s": deployment.upscale_delay_s,
+        "downscale_delay_s": deployment.downscale_delay_s,
+    }
+    if scale_to_zero:
+        config["downscale_to_zero_delay_s"] = deployment.scale_to_zero_idle_s
+    return config
+
+
+def max_queued_requests(deployment: DeploymentArgs) -> int:
+    """Ray Serve takes -1 (no limit) or a positive bound; the contract's 0 (shed at once) → 1."""
+    return max(1, deployment.max_queued_requests)
+
+
+def deployment_config(args: ServingArgs) -> dict[str, Any]:
+    """Ray Serve options of the engine deployment (`LLMConfig.deployment_config`)."""
+    deployment = args.deployment
+    config: dict[str, Any] = {
+        "name": args.name,
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_queued_requests": max_queued_requests(deployment),
+    }
+    if deployment.autoscaling:
+        config["autoscaling_config"] = autoscaling_config(deployment, max_num_seqs=args.engine.max_num_seqs)
+    else:
+        config["num_replicas"] = deployment.num_replicas
+    return config
+
+
+def ingress_deployment_config(args: ServingArgs) -> dict[str, Any]:
+    """Ray Serve options of the OpenAI ingress, explicit instead of Ray Serve LLM's 1e9s.
+
+    An ingress replica admits every request the engines can hold plus the deployment's
+    queue, so load is shed by the engine deployment's `max_queued_requests` (503), never by
+    the ingress. It scales with the engines: one ingress replica per engine replica's worth
+    of ongoing requests, zero only when the engines may scale to zero.
+    """
+    deployment = args.deployment
+    most = deployment.max_replicas if deployment.autoscaling else deployment.num_replicas
+    most = max(1, most)
+    capacity = most * deployment.max_ongoing_requests + max_queued_requests(deployment)
+    floor = 0 if deployment.autoscaling and deployment.scale_to_zero_idle_s is not None else 1
+    autoscaling: dict[str, Any] = {
+        "min_replicas": floor,
+        "initial_replicas": 1,
+        "max_replicas": most,
+        "target_ongoing_requests": float(deployment.max_ongoing_requests),
+        "upscale_delay_s": deployment.upscale_delay_s,
+        "downscale_delay_s": deployment.downscale_delay_s,
+    }
+    if floor == 0:
+        autoscaling["downscale_to_zero_delay_s"] = deployment.scale_to_zero_idle_s
+    return {"max_ongoing_requests": capacity, "autoscaling_config": autoscaling}
+
+
+def llm_config_kwargs(
+    args: ServingArgs,
+    *,
+    model: ModelSource,
+    draft: ModelSource | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of `ray.serve.llm.LLMConfig` for `args`. Pure."""
+    accelerator = args.deployment.accelerator
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": args.engine.served_model_name, "model_source": model.location},
+        "engine_kwargs": engine_kwargs(args.engine, draft=draft),
+        "accelerator_config": {"kind": accelerator.value},
+        "deployment_config": deployment_config(args),
+        "log_engine_metrics": True,
+        "callback_config": {
+            "callback_class": ENGINE_NODE_SETUP,
+            "callback_kwargs": {
+                "sources": [m.to_json() for m in (model, draft) if m is not None],
+                "unset_env": unset_env(args),
+            },
+            "raise_error_on_callback": True,
+        },
+    }
+    if accelerator is Accelerator.GPU and args.deployment.ray_accelerator_type is not None:
+        kwargs["accelerator_type"] = args.deployment.ray_accelerator_type
+    if runtime_env:
+        kwargs["runtime_env"] = dict(runtime_env)
+    return kwargs
+
+
+def unset_env(args: ServingArgs) -> list[str]:
+    """Environment variables the engine replica must not see, because they override `args`."""
+    if args.deployment.accelerator is Accelerator.CPU and args.engine.kv_cache_memory_bytes is not None:
+        return [CPU_KV_CACHE_SPACE_ENV]
+    return []
+
+
+def openai_app_args(
+    args: ServingArgs,
+    *,
+    model: ModelSource,
+    draft: ModelSource | None = None,
+    ingress_cls: str | type | None = None,
+    ingress_extra_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `LLMServingArgs` dict for `build_openai_app` (the LLMConfig given as kwargs). Pure."""
+    return {
+        "llm_configs": [llm_config_kwargs(args, model=model, draft=draft)],
+        "ingress_cls_config": {
+            "ingress_cls": INGRESS_CLS if ingress_cls is None else ingress_cls,
+            "ingress_extra_kwargs": dict(ingress_extra_kwargs or {}),
+        },
+        "ingress_deployment_config": ingress_deployment_config(args),
+    }
+
+
+def resolve_sources(
+    args: ServingArgs, *, cache_dir: Path | str | None = None
+) -> tuple[ModelSource, ModelSource | None]:
+    """The target model's and the draft model's sources."""
+    model = resolve_model_source(args.engine.model, cache_dir=cache_dir)
+    speculative = args.engine.speculative
+    draft = resolve_model_source(speculative.model, cache_dir=cache_dir) if speculative else None
+    return model, draft
+
+
+def check_model_sources(args: ServingArgs, *, cache_dir: Path | str | None = None) -> None:
+    """Fail with a one-line `ModelSourceError` when a model the engine needs is not on this node.
+
+    For local runs (`llmdeploy serve`), before deploying: `build_app` cannot do it because in a
+    cluster it runs on the head, which does not mount the workers' model volumes. The engine
+    nodes run the same check (`EngineNodeSetup`); there the error ends the deployment's status
+    message (`... EngineNodeSetup: model path /x does not exist on node <host> ...`).
+    """
+    for source in resolve_sources(args, cache_dir=cache_dir):
+        if source is not None:
+            check_model_source(source)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Ray Serve entry point: validate `args` as `ServingArgs` and build the OpenAI app."""
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    serving = ServingArgs.model_validate(args)
+    model, draft = resolve_sources(serving)
+    llm_config = LLMConfig(**llm_config_kwargs(serving, model=model, draft=draft))
+    app_args = openai_app_args(serving, model=model, draft=draft)
+    app_args["llm_configs"] = [llm_config]
+    application: Application = build_openai_app(app_args)
+    return application
+
+
+@functools.cache
+def _engine_node_setup_class() -> type:
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+
+    class EngineNodeSetup(CallbackBase):
+        """Runs on every node of an engine replica before vLLM starts (Ray Serve LLM callback).
+
+        Ray Serve LLM's public `callback_config` takes a subclass of its callback base, which
+        it does not re-export: one of the two internal Ray imports of this module (the other is
+        `OpenAIHTTPException`, for the ingress). `test_engine_arguments` pins both.
+        """
+
+        def __init__(
+            self,
+            *,
+            sources: list[dict[str, Any]] | None = None,
+            unset_env: list[str] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(**kwargs)
+            self.sources = [ModelSource.from_json(item) for item in sources or []]
+            self.unset_env = list(unset_env or [])
+
+        async def on_before_node_init(self) -> None:
+            # Runs in the replica process, which builds vLLM's config and forks its engine.
+            for name in self.unset_env:
+                if os.environ.pop(name, None) is not None:
+                    _logger.warning("removed %s from the engine's environment: it overrides the arguments", name)
+
+        def on_before_download_model_files_distributed(self) -> None:
+            for source in self.sources:
+                prepare_model_source(source)
+
+    EngineNodeSetup.__module__ = __name__
+    EngineNodeSetup.__qualname__ = "EngineNodeSetup"
+    return EngineNodeSetup
+
+
+@functools.cache
+def _ingress_class() -> type:
+    from fastapi import HTTPException
+    from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+    from ray.serve.llm.ingress import OpenAiIngress as RayOpenAiIngress
+
+    class OpenAiIngress(RayOpenAiIngress):
+        """Ray Serve LLM's OpenAI ingress, answering an unknown model with an OpenAI error body.
+
+        Ray 2.60 raises FastAPI's `HTTPException` for a model it does not serve, which FastAPI
+        answers with `{"detail": ...}` before Ray's own error middleware sees it; OpenAI
+        clients expect `{"error": {...}}`. Re-raised as Ray's `OpenAIHTTPException`, it goes
+        through that middleware like every other error. Only the model lookup is overridden.
+        """
+
+        async def _get_model_id(self, model: str | None) -> str:
+            try:
+                model_id: str = await super()._get_model_id(model)
+            except HTTPException as err:
+                raise OpenAIHTTPException(
+                    status_code=err.status_code, message=str(err.detail), type="invalid_request_error"
+                ) from None
+            return model_id
+
+    OpenAiIngress.__module__ = __name__
+    OpenAiIngress.__qualname__ = "OpenAiIngress"
+    return OpenAiIngress
+
+
+def __getattr__(name: str) -> Any:
+    # These classes derive from Ray classes; they are made on first use so that importing this
+    # module (the operator's tests, the pure mapping) does not import Ray and vLLM.
+    if name == "EngineNodeSetup":
+        return _engine_node_setup_class()
+    if name == "OpenAiIngress":
+        return _ingress_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
