@@ -99,3 +99,25 @@ def test_crd_command_prints_the_crd() -> None:
     code, out, _ = _run("crd")
     assert code == 0
     assert yaml.safe_load(out)["metadata"]["name"] == "llmdeployments.llmdeploy.io"
+
+
+def test_serve_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(GOOD.replace("org/model-7b", "/no/such/model").replace("nvidia-l4", "cpu"))
+    code, _, err = _run("serve", str(manifest))
+    assert code == 1
+    assert "/no/such/model does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_gpu_spec_on_a_machine_without_gpus(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(GOOD)
+    code, _, err = _run("serve", str(manifest))
+    assert code == 1
+    assert "needs an NVIDIA GPU and this machine has none" in err

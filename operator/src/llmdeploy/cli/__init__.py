@@ -80,22 +80,33 @@ def render(files: tuple[str, ...], namespace: str | None) -> None:
     click.echo(dump_yaml(rendered), nl=False)
 
 
+def _default_example() -> str:
+    """examples/tiny-cpu.yaml of the working directory, else of the checkout this runs from."""
+    here = Path(DEFAULT_EXAMPLE)
+    if here.is_file():
+        return str(here)
+    return str(Path(__file__).resolve().parents[4] / DEFAULT_EXAMPLE)
+
+
 @cli.command()
 @click.argument("file", required=False)
 @click.option("--port", default=8000, show_default=True, help="HTTP port of the OpenAI-compatible API.")
-def serve(file: str | None, port: int) -> None:
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--metrics-port", default=8080, show_default=True, help="Port of Ray's Prometheus metrics.")
+@click.option("--verbose", is_flag=True, help="Show Ray's and vLLM's own logs.")
+def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bool) -> None:
     """Serve FILE (an LLMDeployment) on this machine with Ray Serve and vLLM.
 
     Without FILE, serves the bundled examples/tiny-cpu.yaml: a tiny model built locally.
     """
-    path = file or str(Path(DEFAULT_EXAMPLE))
+    path = file or _default_example()
     try:
         from llmdeploy.serving.local import run_local
     except ImportError as exc:
         click.echo(f"error: serving needs the [serving] extra and vLLM ({exc}); run `make serve`", err=True)
         sys.exit(1)
     try:
-        run_local(path, port=port)
+        run_local(path, port=port, host=host, metrics_port=metrics_port, verbose=verbose)
     except LLMDeployError as exc:
         _fail(exc)
 
