@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 
-.PHONY: setup serve test test-fast lint format golden crd clean
+.PHONY: setup serve test test-fast lint format golden crd chart-check clean
 
 setup: $(STAMP)
 
@@ -50,9 +50,18 @@ format: setup
 golden: setup
 	$(BIN)/pytest tests/golden --update-golden
 
+# The charts carry byte-identical copies of the CRD (tests/chart/test_crd_copies.py checks them).
 crd: setup
 	$(BIN)/llmdeploy crd > crds/llmdeploy.io_llmdeployments.yaml
+	cp crds/llmdeploy.io_llmdeployments.yaml charts/llmdeploy-operator/crds/llmdeploy.io_llmdeployments.yaml
+	cp crds/llmdeploy.io_llmdeployments.yaml charts/llmdeploy-crds/files/llmdeploy.io_llmdeployments.yaml
 	$(BIN)/llmdeploy crd --reference > docs/api.md
+
+# Offline Helm checks, no cluster: helm lint and template of both charts, kubernetes-validate,
+# schema, CRD copies, and the chart's RBAC against the real operator's traffic (emulator).
+# All of it is part of `make test` too.
+chart-check: setup
+	$(BIN)/pytest tests/chart tests/integration/test_rbac_covers_operator_calls.py
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -87,3 +87,15 @@ def test_crd_parses_as_yaml() -> None:
 def test_committed_api_reference_matches_the_models() -> None:
     committed = (REPO / "docs" / "api.md").read_text()
     assert committed == render_api_reference(), "docs/api.md drifted: run `llmdeploy crd --reference > docs/api.md`"
+
+
+def test_numeric_bounds_use_openapi_v3_booleans() -> None:
+    for path, node in _walk(_schema()):
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(flag, False), bool), f"{path}.{flag} must be a boolean in a CRD"
+    target = _schema()["properties"]["spec"]["properties"]["autoscaling"]["properties"]["targetQueueDepth"]
+    assert (target["minimum"], target["exclusiveMinimum"]) == (0, True)
+
+
+def test_crd_yaml_has_no_anchors() -> None:
+    assert "&id" not in render_crd_yaml()

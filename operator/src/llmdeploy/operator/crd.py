@@ -70,6 +70,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         out.pop("default", None)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
+    # JSON Schema's numeric exclusive bounds are booleans beside minimum/maximum in OpenAPI v3.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(flag), int | float) and not isinstance(out.get(flag), bool):
+            out[bound] = out.pop(flag)
+            out[flag] = True
     return out
 
 
@@ -162,9 +167,16 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Repeated sub-schemas are written out in full: anchors confuse readers and tools."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render_crd_yaml() -> str:
     header = "# Generated from llmdeploy.operator.api by `llmdeploy crd`. Do not edit.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return header + yaml.dump(build_crd(), Dumper=_NoAliasDumper, sort_keys=False, width=100)
 
 
 def _type_text(node: dict[str, Any]) -> str:

@@ -98,6 +98,8 @@ def engine_args(spec: LLMDeploymentSpec, served_model_name: str) -> sc.EngineArg
         # CPU engines run eagerly (no graph capture) and size the KV cache explicitly.
         enforce_eager=is_cpu,
         kv_cache_memory_bytes=None if kv_mib is None else kv_mib * 2**20,
+        # vLLM streams object-store weights with the Run:ai model streamer.
+        load_format="runai_streamer" if spec.model.source.startswith("s3://") else None,
     )
 
 

@@ -175,6 +175,8 @@ def engine_kwargs(engine: EngineArgs, *, draft: ModelSource | None = None) -> di
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     if engine.revision is not None:
         kwargs["revision"] = engine.revision
+    if engine.load_format is not None:
+        kwargs["load_format"] = engine.load_format
     if engine.speculative is not None:
         kwargs["speculative_config"] = {
             "model": draft.location if draft is not None else engine.speculative.model,

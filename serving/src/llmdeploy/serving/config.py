@@ -48,6 +48,9 @@ class EngineArgs(_Args):
     trust_remote_code: bool = Field(default=False, description="Run the model repo's code.")
     speculative: SpeculativeArgs | None = Field(default=None, description="Draft-model speculation.")
     enforce_eager: bool = Field(default=False, description="Disable CUDA graphs / compilation.")
+    load_format: str | None = Field(
+        default=None, description="vLLM weight loader; `runai_streamer` streams s3:// weights."
+    )
     kv_cache_memory_bytes: int | None = Field(
         default=None, ge=1, description="KV-cache size in bytes (CPU engines size it explicitly)."
     )
