@@ -278,6 +278,7 @@ def test_operator_metrics_follow_the_work(kube: KubeAPI, operator: OperatorProce
     assert _sample(text, "llmdeploy_operator_child_applies_total", kind="RayService", outcome="created") == 1
     assert _sample(text, "llmdeploy_operator_deployments", phase="Ready") == 1
     assert _sample(text, "llmdeploy_deployment_desired_replicas", namespace="default", name="tiny") == 1
+    assert _sample(text, "llmdeploy_deployment_target_queue_depth", name="tiny") == 4
     assert (_sample(text, "llmdeploy_operator_reconcile_duration_seconds_count") or 0) >= 1
     kube.put_object(*LLMD, llmdeployment("bad", quantization={"method": "awq"}))
     wait_for(

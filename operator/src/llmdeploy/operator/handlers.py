@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from llmdeploy.operator import conditions as cond
 from llmdeploy.operator import k8s, metrics, naming, render
-from llmdeploy.operator.api import GROUP, PLURAL, VERSION, ConditionType, LLMDeploymentSpec
+from llmdeploy.operator.api import GROUP, PLURAL, VERSION, AutoscalingSpec, ConditionType, LLMDeploymentSpec
 from llmdeploy.operator.conditions import Reason
 from llmdeploy.operator.errors import NotOwnedError, SpecError
 from llmdeploy.operator.settings import SETTINGS
@@ -28,6 +28,7 @@ from llmdeploy.operator.validation import Report, parse_spec
 
 __all__ = ["forget", "rayservices_by_owner", "reconcile", "refresh_status"]
 
+_DEFAULT_TARGET_QUEUE_DEPTH: float = AutoscalingSpec.model_fields["target_queue_depth"].default
 # Reasons under which nothing was rendered for the current generation.
 _BLOCKING = frozenset({Reason.INVALID_SPEC, Reason.CHILD_CONFLICT, Reason.APPLY_FAILED})
 
@@ -46,7 +47,10 @@ def _desired_replicas(spec: LLMDeploymentSpec) -> int:
 def _write_status(patch: kopf.Patch, body: kopf.Body, current: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     for key, value in changed_fields(current, new).items():
         patch.status[key] = value
-    metrics.DEPLOYMENTS.update(body.metadata["namespace"], body.metadata["name"], {**current, **new})
+    target = (body.spec.get("autoscaling") or {}).get("targetQueueDepth", _DEFAULT_TARGET_QUEUE_DEPTH)
+    metrics.DEPLOYMENTS.update(
+        body.metadata["namespace"], body.metadata["name"], {**current, **new}, target_queue_depth=float(target)
+    )
 
 
 def _set(

@@ -52,6 +52,7 @@ class DeploymentSnapshot:
     ready_replicas: int
     replicas: int
     queue_depth: float | None
+    target_queue_depth: float
 
 
 class DeploymentsCollector(Collector):
@@ -61,13 +62,14 @@ class DeploymentsCollector(Collector):
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], DeploymentSnapshot] = {}
 
-    def update(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def update(self, namespace: str, name: str, status: Mapping[str, Any], *, target_queue_depth: float) -> None:
         snapshot = DeploymentSnapshot(
             phase=str(status.get("phase") or Phase.PENDING.value),
             desired_replicas=int(status.get("desiredReplicas") or 0),
             ready_replicas=int(status.get("readyReplicas") or 0),
             replicas=int(status.get("replicas") or 0),
             queue_depth=status.get("queueDepth"),
+            target_queue_depth=target_queue_depth,
         )
         with self._lock:
             self._items[(namespace, name)] = snapshot
@@ -97,12 +99,18 @@ class DeploymentsCollector(Collector):
             "queue": GaugeMetricFamily(
                 "llmdeploy_deployment_queue_depth", "Requests waiting per replica, as last reported.", labels=labels
             ),
+            "target": GaugeMetricFamily(
+                "llmdeploy_deployment_target_queue_depth",
+                "Waiting requests per replica the autoscaler aims for (spec.autoscaling.targetQueueDepth).",
+                labels=labels,
+            ),
         }
         for (namespace, name), s in sorted(items.items()):
             key = [namespace, name]
             families["desired"].add_metric(key, s.desired_replicas)
             families["ready"].add_metric(key, s.ready_replicas)
             families["current"].add_metric(key, s.replicas)
+            families["target"].add_metric(key, s.target_queue_depth)
             if s.queue_depth is not None:
                 families["queue"].add_metric(key, s.queue_depth)
         yield from families.values()
