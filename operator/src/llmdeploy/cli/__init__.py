@@ -128,22 +128,9 @@ def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bo
 @click.option("--verbose", is_flag=True, help="Debug logging.")
 def operator_command(namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool) -> None:
     """Run the operator (kopf) against the current cluster."""
-    import logging
+    from llmdeploy.operator.runner import run
 
-    import kopf
-
-    import llmdeploy.operator.handlers
-    import llmdeploy.operator.settings  # noqa: F401
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    kopf.run(
-        standalone=standalone,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=liveness or None,
-    )
+    run(namespaces=namespaces, standalone=standalone, liveness=liveness, verbose=verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,8 +1,8 @@
-"""`python -m llmdeploy.operator`: run the operator (same as `llmdeploy operator`)."""
+"""`python -m llmdeploy.operator`: run the operator on all namespaces (`llmdeploy operator` has options)."""
 
 from __future__ import annotations
 
-from llmdeploy.cli import main
+from llmdeploy.operator.runner import run
 
 if __name__ == "__main__":
-    main(["operator"])
+    run()

@@ -18,7 +18,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from llmdeploy.operator import conditions as cond
-from llmdeploy.operator import k8s, metrics, naming, render
+from llmdeploy.operator import dashboard, k8s, metrics, naming, render
 from llmdeploy.operator.api import GROUP, PLURAL, VERSION, AutoscalingSpec, ConditionType, LLMDeploymentSpec
 from llmdeploy.operator.conditions import Reason
 from llmdeploy.operator.errors import NotOwnedError, SpecError
@@ -217,8 +217,14 @@ async def refresh_status(
             metrics.DRIFT_REPAIRS.inc()
             kopf.warn(body, reason="RayServiceDrift", message=f"RayService {desired['metadata']['name']} {what}")
             logger.warning("RayService %s %s", desired["metadata"]["name"], what)
+    serve = await dashboard.observe(meta["name"], meta["namespace"]) if child is not None else None
     new = observed_status(
-        current, child, desired_replicas=int(current.get("desiredReplicas") or 0), generation=generation, now=_now()
+        current,
+        child,
+        desired_replicas=int(current.get("desiredReplicas") or 0),
+        generation=generation,
+        now=_now(),
+        serve=serve,
     )
     _write_status(patch, body, current, new)
 

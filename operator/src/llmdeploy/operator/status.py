@@ -15,6 +15,7 @@ from typing import Any
 from llmdeploy.operator import conditions as cond
 from llmdeploy.operator.api import ConditionType, Phase
 from llmdeploy.operator.conditions import Reason
+from llmdeploy.operator.serve_state import MAX_HISTORY, ServeObservation
 from llmdeploy.serving.config import APPLICATION_NAME
 
 
@@ -89,6 +90,7 @@ def observed_status(
     desired_replicas: int,
     generation: int | None,
     now: datetime,
+    serve: ServeObservation | None = None,
 ) -> dict[str, Any]:
     """The status fields the timer owns, from the child's status (only meaningful if the spec is valid)."""
     health = child_health(rayservice)
@@ -114,14 +116,30 @@ def observed_status(
         now=now,
         generation=generation,
     )
-    ready_replicas = desired_replicas if health.ready else 0
-    return {
-        "conditions": conditions,
-        "phase": phase_of(conditions).value,
-        "desiredReplicas": desired_replicas,
-        "readyReplicas": ready_replicas,
-        "replicas": desired_replicas if health.ready else 0,
-    }
+    new: dict[str, Any] = {"conditions": conditions, "phase": phase_of(conditions).value}
+    if serve is None:
+        # Without the dashboard's word, a healthy application serves what the spec asks for.
+        new |= {
+            "desiredReplicas": desired_replicas,
+            "readyReplicas": desired_replicas if health.ready else 0,
+            "replicas": desired_replicas if health.ready else 0,
+        }
+    else:
+        new |= {
+            "desiredReplicas": serve.desired_replicas,
+            "readyReplicas": serve.ready_replicas,
+            "replicas": serve.replicas,
+            "scalingHistory": merge_history(current.get("scalingHistory") or [], serve.history),
+        }
+        if serve.queue_depth is not None:
+            new["queueDepth"] = serve.queue_depth
+    return new
+
+
+def merge_history(kept: Sequence[Mapping[str, Any]], seen: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Our bounded history plus Ray's recent decisions, oldest first, without duplicates."""
+    merged = {(e["time"], e["from"], e["to"]): dict(e) for e in [*kept, *seen]}
+    return [merged[k] for k in sorted(merged)][-MAX_HISTORY:]
 
 
 def changed_fields(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class OperatorProcess:
         status_interval_s: float = 0.5,
         status_idle_s: float = 0.3,
         metrics_port: int = 0,
+        dashboard_url_template: str = "",
         verbose: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
@@ -34,6 +35,8 @@ class OperatorProcess:
             "LLMDEPLOY_STATUS_INTERVAL_S": str(status_interval_s),
             "LLMDEPLOY_STATUS_IDLE_S": str(status_idle_s),
             "LLMDEPLOY_METRICS_PORT": str(metrics_port),
+            # Empty: no Ray dashboard to read (the emulator runs no Ray clusters).
+            "LLMDEPLOY_DASHBOARD_URL_TEMPLATE": dashboard_url_template,
         }
         self.metrics_port = metrics_port
         self.verbose = verbose

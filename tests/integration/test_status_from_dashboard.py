@@ -1,0 +1,105 @@
+"""The status follows the Serve application as the Ray dashboard reports it (replica counts,
+queue depth, scaling history), read by the real operator from an HTTP server that answers
+like the head service's dashboard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmdeploy.testing.kubeapi import KubeAPI
+from llmdeploy.testing.operator_process import OperatorProcess, wait_for
+from llmdeploy.testing.serve_details import serve_details
+
+from .conftest import LLMD, RAYSERVICES, llmdeployment
+
+pytestmark = pytest.mark.integration
+
+
+class FakeDashboard:
+    """Serves whatever `details` holds at /api/serve/applications/, and records the hosts asked."""
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] = {"applications": {}}
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.paths.append(self.path)
+                body = json.dumps(outer.details).encode()
+                code = 200 if self.path.endswith("/api/serve/applications/") else 404
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def dashboard() -> Iterator[FakeDashboard]:
+    fake = FakeDashboard()
+    yield fake
+    fake.close()
+
+
+def _details(
+    states: list[str], target: int, decisions: list[tuple[float, int, int, str]], queue: float
+) -> dict[str, Any]:
+    return serve_details(states, target, decisions, {"queue_depth_per_replica": queue})
+
+
+def test_status_shows_replicas_queue_and_scaling_history(
+    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path
+) -> None:
+    operator = OperatorProcess(
+        tmp_path / "kubeconfig",
+        tmp_path / "operator.log",
+        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
+    )
+    operator.start()
+    try:
+        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
+        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
+        dashboard.details = _details(["RUNNING", "STARTING"], 2, [(1_800_000_000.0, 1, 2, "queue 9/replica > 4")], 4.5)
+
+        def status() -> dict[str, Any]:
+            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+
+        wait_for(lambda: status().get("replicas") == 2, what="replicas from the dashboard", operator=operator)
+        current = status()
+        assert (current["desiredReplicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 4.5)
+        assert current["scalingHistory"] == [
+            {"time": "2027-01-15T08:00:00Z", "from": 1, "to": 2, "reason": "queue 9/replica > 4"}
+        ]
+        assert "/default/tiny/api/serve/applications/" in dashboard.paths
+
+        dashboard.details = _details(
+            ["RUNNING", "RUNNING", "RUNNING"],
+            3,
+            [(1_800_000_000.0, 1, 2, "queue 9/replica > 4"), (1_800_000_060.0, 2, 3, "queue 6/replica > 4")],
+            1.0,
+        )
+        wait_for(lambda: status().get("readyReplicas") == 3, what="three ready", operator=operator)
+        assert [e["to"] for e in status()["scalingHistory"]] == [2, 3]
+        assert status()["queueDepth"] == 1.0
+    finally:
+        operator.stop()
+    assert "Traceback" not in operator.output
