@@ -26,10 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import table, write  # noqa: E402
+from results import table, write
 
-from llmdeploy.testing.kubeapi import KubeAPI  # noqa: E402
-from llmdeploy.testing.operator_process import OperatorProcess, wait_for  # noqa: E402
+from llmdeploy.testing.kube_faults import FaultPlan
+from llmdeploy.testing.kubeapi import KubeAPI
+from llmdeploy.testing.operator_process import OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LLMD = ("llmdeploy.io", "v1alpha1", "llmdeployments")
@@ -58,7 +59,8 @@ def _operator_writes(api: KubeAPI) -> list[Any]:
 
 
 def _phase(api: KubeAPI, name: str, count: int, started: float, converged: float) -> dict[str, Any]:
-    writes = _operator_writes(api)
+    attempts = _operator_writes(api)
+    writes = [w for w in attempts if w.status is not None and w.status < 400]
     noop = [w for w in writes if not w.changed]
     events = [w for w in api.writes() if w.resource == "events"]
     return {
@@ -67,6 +69,8 @@ def _phase(api: KubeAPI, name: str, count: int, started: float, converged: float
         "writes": len(writes),
         "writes_per_object": round(len(writes) / count, 2),
         "noop_writes": len(noop),
+        "failed_writes": len(attempts) - len(writes),
+        "faults": sum(1 for r in api.requests if r.fault),
         "events": len(events),
     }
 
@@ -91,7 +95,8 @@ def _ready_status() -> dict[str, Any]:
     }
 
 
-def run(count: int, quiet_s: float) -> list[dict[str, Any]]:
+def run(count: int, quiet_s: float, faults: FaultPlan | None = None) -> list[dict[str, Any]]:
+    """The phases' figures; with `faults`, the API server misbehaves from the first create on."""
     crd = REAL_RS_CRD if REAL_RS_CRD.is_file() else MINIMAL_RS_CRD
     phases = []
     with (
@@ -110,6 +115,8 @@ def run(count: int, quiet_s: float) -> list[dict[str, Any]]:
                 timeout=60,
                 operator=operator,
             )
+
+            api.faults = faults
 
             def all_status(pred: Any) -> bool:
                 return all(pred(o.get("status") or {}) for o in api.objects(*LLMD, "default"))
@@ -166,6 +173,7 @@ def run(count: int, quiet_s: float) -> list[dict[str, Any]]:
             phases.append(_phase(api, "update", count, t0, time.monotonic()))
 
             operator.stop(kill=True)
+            api.faults = None  # a restart is measured on a healthy API server
             api.clear_log()
             t0 = time.monotonic()
             operator.start()
@@ -183,17 +191,48 @@ def run(count: int, quiet_s: float) -> list[dict[str, Any]]:
     return phases
 
 
+def fault_plan(rate: float, seed: int = 7) -> FaultPlan:
+    """Errors (409/429/500/503), slow answers and dropped watches, each at `rate` per request."""
+    return FaultPlan(
+        seed=seed,
+        error_rate=rate,
+        delay_rate=rate,
+        delay_range=(0.05, 0.5),
+        watch_drop_rate=rate,
+        watch_drop_after=(0.5, 5.0),
+    )
+
+
+COLUMNS = ["run", "phase", "seconds", "writes", "writes_per_object", "noop_writes", "failed_writes", "faults", "events"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=200, help="LLMDeployments to reconcile (default 200)")
     parser.add_argument("--quiet-s", type=float, default=10.0, help="length of the steady/restart windows")
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="also run with this API fault rate (errors, delays, watch drops), side by side",
+    )
     args = parser.parse_args()
-    phases = run(args.count, args.quiet_s)
+    phases = [{"run": "healthy API", **p} for p in run(args.count, args.quiet_s)]
+    if args.fault_rate:
+        label = f"faults {args.fault_rate:.0%}"
+        phases += [{"run": label, **p} for p in run(args.count, args.quiet_s, fault_plan(args.fault_rate))]
     print(f"operator reconcile, {args.count} LLMDeployments, in-process Kubernetes API emulator")
-    print(table(phases, ["phase", "seconds", "writes", "writes_per_object", "noop_writes", "events"]))
+    print(table(phases, COLUMNS))
+    name = "operator_reconcile_faults" if args.fault_rate else "operator_reconcile"
     path = write(
-        "operator_reconcile",
-        {"benchmark": "operator_reconcile", "count": args.count, "quiet_s": args.quiet_s, "phases": phases},
+        name,
+        {
+            "benchmark": name,
+            "count": args.count,
+            "quiet_s": args.quiet_s,
+            "fault_rate": args.fault_rate,
+            "phases": phases,
+        },
     )
     print(f"wrote {path.relative_to(REPO)}")
 

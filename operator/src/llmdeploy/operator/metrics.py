@@ -21,7 +21,7 @@ from llmdeploy.operator.api import Phase
 
 RECONCILES: Final = Counter(
     "llmdeploy_operator_reconciles_total",
-    "Reconciles of LLMDeployments, by outcome (created, updated, unchanged, invalid, conflict, refused).",
+    "Reconciles of LLMDeployments, by outcome (created, updated, unchanged, invalid, refused).",
     ["outcome"],
 )
 RECONCILE_ERRORS: Final = Counter(

@@ -1,7 +1,9 @@
 """Seeded fault injection for the Kubernetes API emulator (off unless a plan is set).
 
 A :class:`FaultPlan` decides, per request and from its own seeded random stream, whether to
-answer with an error (409 only for writes; 429 carries ``Retry-After``), to delay the answer,
+answer with an error (409 only where a real apiserver can conflict: creates and replaces that
+carry a resourceVersion; a merge patch without one never conflicts, and clients such as kopf
+rely on that; 429 carries ``Retry-After``), to delay the answer,
 or to cut a watch stream after a while. An injected error is answered before the request
 reaches the store, so the write it refuses does not happen (a real apiserver may commit and
 still time out; that case is not simulated).
@@ -15,6 +17,9 @@ import threading
 from dataclasses import dataclass, field
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# Verbs a real apiserver answers with 409: a create of an existing name, a replace (PUT) whose
+# resourceVersion is stale.
+CONFLICTING_VERBS = frozenset({"create", "update"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class FaultPlan:
         with self._lock:
             status = None
             if self.error_rate and self._rng.random() < self.error_rate:
-                allowed = [s for s in self.error_statuses if s != 409 or verb in WRITE_VERBS]
+                allowed = [s for s in self.error_statuses if s != 409 or verb in CONFLICTING_VERBS]
                 status = self._rng.choice(allowed) if allowed else None
             delay = 0.0
             if self.delay_rate and self._rng.random() < self.delay_rate:
