@@ -32,7 +32,7 @@ from llmdeploy.serving.config import APPLICATION_NAME, ROUTE_PREFIX, ServingArgs
 ENGINE_ENV_DEFAULTS: Final = {
     "VLLM_NO_USAGE_STATS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # vLLM's CPU backend pins every engine to core 0 by default; let it use every core.
+    # vLLM's CPU backend pins every engine to core 0 by default; let replicas share all cores.
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
 
