@@ -311,32 +311,44 @@ def test_fixed_replicas_set_num_replicas_and_explicit_admission_limits() -> None
     assert config == {"name": "demo", "num_replicas": 2, "max_ongoing_requests": 16, "max_queued_requests": 64}
 
 
-def test_autoscaling_sets_an_explicit_target_from_batch_size_and_queue_depth() -> None:
+def test_autoscaling_hands_ray_the_queue_depth_policy_and_leaves_it_the_delays() -> None:
     args = make_args(deployment={"autoscaling": True, "min_replicas": 1, "max_replicas": 4, "target_queue_depth": 3})
 
     config = app.deployment_config(args)
 
     assert "num_replicas" not in config
     assert config["max_ongoing_requests"] == 16
-    assert config["autoscaling_config"] == {
+    autoscaling = config["autoscaling_config"]
+    assert autoscaling == {
         "min_replicas": 1,
         "initial_replicas": 1,
         "max_replicas": 4,
-        # 8 running (max_num_seqs) + 3 waiting per replica.
+        # 8 running (max_num_seqs) + 3 waiting per replica: unused by the policy, exported by Ray.
         "target_ongoing_requests": 11.0,
-        "upscale_delay_s": 15.0,
-        "downscale_delay_s": 300.0,
+        # The policy applies the spec's delays itself; Ray's would make each move wait twice.
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
+        "downscale_to_zero_delay_s": 0.0,
+        "look_back_period_s": app.LOOK_BACK_S,
+        "policy": {
+            "policy_function": "llmdeploy.serving.autoscaling:QueueDepthPolicy",
+            "policy_kwargs": app.scaling_config(args.deployment, max_num_seqs=8).model_dump(mode="json"),
+        },
     }
+    kwargs = autoscaling["policy"]["policy_kwargs"]
+    assert (kwargs["target_queue_depth"], kwargs["max_num_seqs"]) == (3.0, 8)
+    assert (kwargs["upscale_delay_s"], kwargs["downscale_delay_s"]) == (15.0, 300.0)
 
 
-def test_scale_to_zero_lowers_the_floor_and_sets_the_idle_delay() -> None:
+def test_scale_to_zero_lowers_the_floor_and_hands_the_idle_time_to_the_policy() -> None:
     args = make_args(deployment={"autoscaling": True, "min_replicas": 2, "scale_to_zero_idle_s": 900})
 
     autoscaling = app.deployment_config(args)["autoscaling_config"]
 
     assert autoscaling["min_replicas"] == 0
     assert autoscaling["initial_replicas"] == 2
-    assert autoscaling["downscale_to_zero_delay_s"] == 900
+    assert autoscaling["downscale_to_zero_delay_s"] == 0.0
+    assert autoscaling["policy"]["policy_kwargs"]["scale_to_zero_idle_s"] == 900
 
 
 def test_zero_queued_requests_maps_to_rays_smallest_bound() -> None:

@@ -15,6 +15,10 @@ without starting Ray. `resolve_model_source` only reads the model-cache environm
 and asks whether a bare relative name is a folder. Ray and vLLM are imported only when an
 application is built (`build_app`) or a Ray-derived class is first used.
 
+With autoscaling on, the engine deployment is Ray Serve LLM's `LLMServer` subclassed only to
+report vLLM's waiting and running requests, KV-cache usage and completion rate to the
+queue-depth policy (`llmdeploy.serving.autoscaling`), which `autoscaling_config` names.
+
 The ingress is Ray Serve LLM's `OpenAiIngress`, subclassed only so that an unknown model gets
 an OpenAI error body (see `OpenAiIngress` below); callers may pass another ingress class.
 Request routing stays Ray's default (power of two choices) and there is no response cache
@@ -35,13 +39,21 @@ import functools
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from llmdeploy.serving import tinymodel
-from llmdeploy.serving.config import Accelerator, DeploymentArgs, EngineArgs, ServingArgs
+from llmdeploy.serving.autoscaling import (
+    FINISHED_RATE_KEY,
+    KV_CACHE_USAGE_KEY,
+    POLICY_IMPORT_PATH,
+    RUNNING_KEY,
+    WAITING_KEY,
+)
+from llmdeploy.serving.config import Accelerator, DeploymentArgs, EngineArgs, ScalingConfig, ServingArgs
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -50,6 +62,16 @@ if TYPE_CHECKING:
 ENGINE_NODE_SETUP: Final = "llmdeploy.serving.app:EngineNodeSetup"
 # The OpenAI ingress (Ray Serve LLM's, with OpenAI-shaped errors for unknown models).
 INGRESS_CLS: Final = "llmdeploy.serving.app:OpenAiIngress"
+# The engine deployment of autoscaled replicas: Ray Serve LLM's LLMServer that also reports
+# vLLM's queue to the autoscaling policy (see `_llm_server_class`).
+ENGINE_SERVER_CLS: Final = "llmdeploy.serving.app:LLMServer"
+# Seconds from asking for a replica to its first request, by accelerator: GPU pods pull an
+# image, load weights and capture graphs (minutes); the tiny CPU engine on a 2-core machine
+# took 25-60 s in `test_autoscaling_engine` (the longer while the other engine was serving).
+COLD_START_S: Final = {Accelerator.GPU: 120.0, Accelerator.CPU: 60.0}
+# Ray Serve averages the replicas' and handles' reports over this window (it must exceed Ray's
+# 10 s report interval); replicas record a sample every fifth of it.
+LOOK_BACK_S: Final = 15.0
 # vLLM's CPU backend reads this (GiB) and lets it silently override kv_cache_memory_bytes. A
 # runtime_env can only set variables, and no value is neutral ("" fails vLLM's int parsing, "0"
 # means 0 bytes), so `EngineNodeSetup` removes it in the replica process before vLLM starts.
@@ -185,27 +207,44 @@ def engine_kwargs(engine: EngineArgs, *, draft: ModelSource | None = None) -> di
     return kwargs
 
 
-def autoscaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> dict[str, Any]:
-    """Ray Serve autoscaling of the engine replicas, with every knob explicit.
+def scaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> ScalingConfig:
+    """The queue-depth policy's parameters (its `policy_kwargs`)."""
+    return ScalingConfig(
+        target_queue_depth=deployment.target_queue_depth,
+        max_num_seqs=max_num_seqs,
+        min_replicas=min(deployment.min_replicas, deployment.max_replicas),
+        max_replicas=deployment.max_replicas,
+        upscale_delay_s=deployment.upscale_delay_s,
+        downscale_delay_s=deployment.downscale_delay_s,
+        scale_to_zero_idle_s=deployment.scale_to_zero_idle_s,
+        cold_start_s=COLD_START_S[deployment.accelerator],
+    )
 
-    Ray's built-in policy scales on ongoing requests per replica (running in the engine plus
-    waiting at handles). A replica runs up to `max_num_seqs` at once, so aiming for
-    `max_num_seqs + target_queue_depth` ongoing requests aims for `target_queue_depth`
-    waiting ones. Ray Serve LLM's own default target is 1e9, which never scales.
+
+def autoscaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> dict[str, Any]:
+    """Ray Serve autoscaling of the engine replicas: the queue-depth policy, every knob explicit.
+
+    `llmdeploy.serving.autoscaling.QueueDepthPolicy` decides from the engines' waiting and
+    running requests and KV-cache usage plus the requests queued at handles, and applies the
+    spec's up/down delays and idle time itself. Ray wraps every policy in its own delay logic,
+    so Ray's delays are 0 here: with both, each move would wait twice. Ray still clamps the
+    decision to `[min_replicas, max_replicas]` and wakes a deployment at zero replicas on the
+    first request. `target_ongoing_requests` is unused by the policy; it is set (running batch
+    plus the queue target) because Ray Serve LLM's default is 1e9 and Ray exports it as a gauge.
     """
-    scale_to_zero = deployment.scale_to_zero_idle_s is not None
-    floor = 0 if scale_to_zero else deployment.min_replicas
-    config: dict[str, Any] = {
+    scaling = scaling_config(deployment, max_num_seqs=max_num_seqs)
+    floor = 0 if deployment.scale_to_zero_idle_s is not None else scaling.min_replicas
+    return {
         "min_replicas": floor,
-        "initial_replicas": min(deployment.min_replicas, deployment.max_replicas),
-        "max_replicas": deployment.max_replicas,
+        "initial_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
         "target_ongoing_requests": float(max_num_seqs + deployment.target_queue_depth),
-        "upscale_delay_s": deployment.upscale_delay_s,
-        "downscale_delay_s": deployment.downscale_delay_s,
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
+        "downscale_to_zero_delay_s": 0.0,
+        "look_back_period_s": LOOK_BACK_S,
+        "policy": {"policy_function": POLICY_IMPORT_PATH, "policy_kwargs": scaling.model_dump(mode="json")},
     }
-    if scale_to_zero:
-        config["downscale_to_zero_delay_s"] = deployment.scale_to_zero_idle_s
-    return config
 
 
 def max_queued_requests(deployment: DeploymentArgs) -> int:
@@ -280,6 +319,8 @@ def llm_config_kwargs(
     }
     if accelerator is Accelerator.GPU and args.deployment.ray_accelerator_type is not None:
         kwargs["accelerator_type"] = args.deployment.ray_accelerator_type
+    if args.deployment.autoscaling:
+        kwargs["server_cls"] = ENGINE_SERVER_CLS
     if runtime_env:
         kwargs["runtime_env"] = dict(runtime_env)
     return kwargs
@@ -414,6 +455,116 @@ def _ingress_class() -> type:
     return OpenAiIngress
 
 
+class EngineLoadRecorder:
+    """A vLLM stat logger that keeps the scheduler's latest numbers for the autoscaling policy.
+
+    vLLM's async engine hands every step's `SchedulerStats` (running and waiting requests,
+    KV-cache usage) and `IterationStats` (finished requests) to the loggers of its
+    `StatLoggerManager`; this one only keeps the last values per engine (data-parallel
+    engines report separately) and counts finished requests. It has the interface of vLLM's
+    aggregate stat loggers, which `StatLoggerManager` calls: `record`, `log`,
+    `log_engine_initialized`, `record_sleep_state`.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[int, int] = {}
+        self.waiting: dict[int, int] = {}
+        self.kv_cache_usage: dict[int, float] = {}
+        self.finished = 0
+
+    def record(
+        self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+    ) -> None:
+        if scheduler_stats is not None:
+            self.running[engine_idx] = int(scheduler_stats.num_running_reqs)
+            self.waiting[engine_idx] = int(scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs)
+            self.kv_cache_usage[engine_idx] = float(scheduler_stats.kv_cache_usage)
+        if iteration_stats is not None:
+            self.finished += len(iteration_stats.finished_requests)
+
+    def log(self) -> None:
+        """Nothing to print: the numbers go to the autoscaler."""
+
+    def log_engine_initialized(self) -> None:
+        """Nothing to print."""
+
+    def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+        """Sleep mode does not change the queue."""
+
+
+def attach_load_recorder(engine: Any) -> EngineLoadRecorder | None:
+    """Add an `EngineLoadRecorder` to a started Ray Serve LLM vLLM engine; None where it cannot.
+
+    vLLM 0.29's `AsyncLLM` takes stat loggers only when it is built, which Ray Serve LLM does
+    inside `VLLMEngine.start` without a hook, so the recorder joins the running engine's
+    `logger_manager.stat_loggers` (through `VLLMEngine._engine_client`, the third internal Ray
+    name this module uses; `test_autoscaling_engine` pins it).
+    """
+    client = getattr(engine, "_engine_client", None)
+    loggers = getattr(getattr(client, "logger_manager", None), "stat_loggers", None)
+    if not isinstance(loggers, list):
+        _logger.warning("vLLM's stat loggers are not reachable; autoscaling sees only Ray's request counts")
+        return None
+    recorder = EngineLoadRecorder()
+    loggers.append(recorder)
+    return recorder
+
+
+def engine_in_flight(engine: Any) -> int | None:
+    """Requests the engine has not finished (its frontend's count), None where unknown."""
+    processor = getattr(getattr(engine, "_engine_client", None), "output_processor", None)
+    counter = getattr(processor, "get_num_unfinished_requests", None)
+    return int(counter()) if callable(counter) else None
+
+
+@functools.cache
+def _llm_server_class() -> type:
+    from ray.serve.llm.deployment import LLMServer as RayLLMServer
+
+    class LLMServer(RayLLMServer):
+        """Ray Serve LLM's engine deployment, plus `record_autoscaling_stats` for the policy.
+
+        Ray Serve calls `record_autoscaling_stats()` on each replica every few seconds and
+        hands the values to the autoscaling policy as `ctx.aggregated_metrics` (per replica,
+        averaged over the look-back window). The class keeps Ray's name, so the deployment is
+        still `LLMServer:<name>` (the operator reads it by that prefix). `LLMConfig.server_cls`
+        is Ray Serve LLM's public way to supply it.
+        """
+
+        _load_recorder: EngineLoadRecorder | None = None
+        _finished_seen: int = 0
+        _finished_at: float = 0.0
+
+        async def start(self) -> None:
+            await super().start()  # type: ignore[no-untyped-call]
+            self._load_recorder = attach_load_recorder(self.engine)
+            self._finished_at = time.monotonic()
+
+        async def record_autoscaling_stats(self) -> dict[str, float]:
+            recorder = self._load_recorder
+            if recorder is None:
+                return {}
+            now = time.monotonic()
+            elapsed = now - self._finished_at
+            rate = (recorder.finished - self._finished_seen) / elapsed if elapsed > 0 else 0.0
+            self._finished_seen, self._finished_at = recorder.finished, now
+            running, waiting = sum(recorder.running.values()), sum(recorder.waiting.values())
+            if engine_in_flight(self.engine) == 0:
+                # The scheduler reports only while it steps; an idle engine's last report may predate its drain.
+                running = waiting = 0
+            usage = list(recorder.kv_cache_usage.values())
+            return {
+                WAITING_KEY: float(waiting),
+                RUNNING_KEY: float(running),
+                KV_CACHE_USAGE_KEY: sum(usage) / len(usage) if usage else 0.0,
+                FINISHED_RATE_KEY: rate,
+            }
+
+    LLMServer.__module__ = __name__
+    LLMServer.__qualname__ = "LLMServer"
+    return LLMServer
+
+
 def __getattr__(name: str) -> Any:
     # These classes derive from Ray classes; they are made on first use so that importing this
     # module (the operator's tests, the pure mapping) does not import Ray and vLLM.
@@ -421,4 +572,6 @@ def __getattr__(name: str) -> Any:
         return _engine_node_setup_class()
     if name == "OpenAiIngress":
         return _ingress_class()
+    if name == "LLMServer":
+        return _llm_server_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

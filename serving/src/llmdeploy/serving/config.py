@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 IMPORT_PATH: Final = "llmdeploy.serving.app:build_app"
 APPLICATION_NAME: Final = "llm"
@@ -76,6 +76,75 @@ class DeploymentArgs(_Args):
     scale_to_zero_idle_s: float | None = Field(default=None, description="Idle time before zero, None: never.")
     max_ongoing_requests: int = Field(ge=1, description="Requests in flight per replica.")
     max_queued_requests: int = Field(ge=0, description="Requests queued per deployment before 503.")
+
+
+class ScalingConfig(_Args):
+    """Parameters of the queue-depth autoscaling policy (`llmdeploy.serving.autoscaling`).
+
+    `build_app` derives it from `DeploymentArgs` and `EngineArgs` and hands it to Ray Serve as
+    the policy's `policy_kwargs` (JSON), so the controller validates the same model.
+    """
+
+    target_queue_depth: float = Field(gt=0, description="Waiting requests per replica to aim for.")
+    max_num_seqs: int = Field(ge=1, description="Sequences a replica's engine runs at once (its running capacity).")
+    min_replicas: int = Field(ge=0, description="Floor while there is traffic.")
+    max_replicas: int = Field(ge=1, description="Ceiling: the GPU budget.")
+    upscale_delay_s: float = Field(
+        ge=0, description="Seconds the signal must keep asking for more replicas before they are added."
+    )
+    downscale_delay_s: float = Field(
+        ge=0, description="Seconds the signal must keep allowing fewer replicas before they are removed."
+    )
+    scale_to_zero_idle_s: float | None = Field(
+        default=None, ge=0, description="Seconds without any request before releasing every replica; None: never."
+    )
+    cold_start_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Seconds from asking for a replica to its first request (pod, model load, engine start). "
+            "The policy projects load growth over this horizon, and does not add a replica for a "
+            "backlog that the running ones drain sooner. Default 120 (GPU); 25-60 s measured on the CPU here."
+        ),
+    )
+    kv_cache_high_watermark: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description=(
+            "KV-cache usage (0-1) above which, with requests waiting in the engine, a replica's "
+            "running capacity is what its cache holds rather than max_num_seqs."
+        ),
+    )
+    upscale_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description=(
+            "Once a saturated replica's throughput has been measured, add replicas when the "
+            "arrivals projected one cold start ahead would load them above this fraction of it."
+        ),
+    )
+    downscale_utilization: float = Field(
+        default=0.7,
+        gt=0,
+        lt=1,
+        description=(
+            "Remove replicas only while the remaining ones would be loaded at most this fraction of "
+            "their target (queue-depth slots and measured throughput): the hysteresis band."
+        ),
+    )
+    growth_window_s: float = Field(
+        default=15.0, gt=0, description="Seconds between the samples the load growth rate is estimated from."
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ScalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.downscale_utilization >= self.upscale_utilization:
+            raise ValueError("downscale_utilization must be below upscale_utilization (the hysteresis band)")
+        return self
 
 
 class RouterArgs(_Args):
