@@ -913,7 +913,9 @@ def main() -> None:
         overrides["concurrency"] = tuple(args.concurrency)
     spec = loadgen.WorkloadSpec.model_validate({**spec.model_dump(), **overrides})
     settings = EngineSettings()
-    options = {"repeats": args.repeats, "engine_threads": args.engine_threads, "env": dict(ENV_DEFAULTS)}
+    # Paths are recorded relative to the checkout: results must not name the machine they ran on.
+    recorded_env = {k: v.replace(f"{REPO}/", "") for k, v in ENV_DEFAULTS.items()}
+    options = {"repeats": args.repeats, "engine_threads": args.engine_threads, "env": recorded_env}
 
     from llmdeploy.serving import tinymodel
 

@@ -24,7 +24,7 @@ from llmdeploy.testing.kubeapi import CEL_AVAILABLE, FaultPlan, KubeAPI, load_cr
 
 pytestmark = pytest.mark.integration
 
-RAYSERVICE_CRD = Path("/work/shared/kuberay/ray.io_rayservices.yaml")
+RAYSERVICE_CRD = Path(__file__).resolve().parents[3] / "shared" / "kuberay" / "ray.io_rayservices.yaml"
 WIDGET_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
