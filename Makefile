@@ -11,9 +11,20 @@ export HF_HUB_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 
-.PHONY: setup serve test test-fast lint format golden crd chart-check clean
+.PHONY: setup system-packages serve test test-fast lint format golden crd chart-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-packages
+
+# Real servers the tests start (Redis for the response cache, Prometheus and promtool for the
+# dashboards and alerts), from Debian's packages; installed only where missing.
+SYSTEM_TOOLS := redis-server prometheus promtool
+system-packages:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server prometheus >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml requirements/cpu-engine.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
