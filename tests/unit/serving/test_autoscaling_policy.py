@@ -367,6 +367,37 @@ def test_build_app_hands_ray_the_policy_and_leaves_it_the_delays() -> None:
     assert rendered["upscale_delay_s"] == rendered["downscale_delay_s"] == rendered["downscale_to_zero_delay_s"] == 0
 
 
+@pytest.mark.parametrize(
+    ("accelerator", "cold_start_seconds", "expected"),
+    [("nvidia-l4", None, app.COLD_START_S[Accelerator.GPU]), ("nvidia-l4", 300, 300.0), ("cpu", 20, 20.0)],
+)
+def test_spec_cold_start_reaches_the_policy_else_the_accelerator_default(
+    accelerator: str, cold_start_seconds: int | None, expected: float
+) -> None:
+    from llmdeploy.operator.api import LLMDeploymentSpec
+    from llmdeploy.operator.serveconfig import serving_args
+
+    autoscaling: dict[str, Any] = {"enabled": True}
+    if cold_start_seconds is not None:
+        autoscaling["coldStartSeconds"] = cold_start_seconds
+    spec = LLMDeploymentSpec.model_validate(
+        {"model": {"source": "org/m-7B"}, "accelerator": {"type": accelerator}, "autoscaling": autoscaling}
+    )
+    args = serving_args(spec, name="d", served_model_name="m")
+
+    rendered = app.autoscaling_config(args.deployment, max_num_seqs=args.engine.max_num_seqs)
+
+    assert ScalingConfig.model_validate(rendered["policy"]["policy_kwargs"]).cold_start_s == expected
+
+
+def test_spec_rejects_a_cold_start_out_of_bounds() -> None:
+    from llmdeploy.operator.api import LLMDeploymentSpec
+
+    body = {"model": {"source": "org/m-7B"}, "accelerator": {"type": "nvidia-l4"}}
+    with pytest.raises(ValidationError, match="cold_?[sS]tart"):
+        LLMDeploymentSpec.model_validate({**body, "autoscaling": {"coldStartSeconds": 0}})
+
+
 # --- the adapter, as Ray calls it -------------------------------------------------------------
 
 

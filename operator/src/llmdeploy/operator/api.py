@@ -303,6 +303,16 @@ class AutoscalingSpec(_RuledModel):
         le=86_400,
         description="How long the signal must ask for fewer replicas before removing them. Default 300.",
     )
+    cold_start_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds from asking for a replica to its first answer (pod scheduling, image pull, "
+            "weight load, engine start). The policy adds replicas this far ahead of a rising load "
+            "and adds none for a backlog the running ones drain sooner. Default: 120 on GPUs, 60 on CPU."
+        ),
+    )
     scale_to_zero: ScaleToZeroSpec = Field(
         default_factory=ScaleToZeroSpec,
         description="Release every replica when idle.",

@@ -65,9 +65,10 @@ INGRESS_CLS: Final = "llmdeploy.serving.app:OpenAiIngress"
 # The engine deployment of autoscaled replicas: Ray Serve LLM's LLMServer that also reports
 # vLLM's queue to the autoscaling policy (see `_llm_server_class`).
 ENGINE_SERVER_CLS: Final = "llmdeploy.serving.app:LLMServer"
-# Seconds from asking for a replica to its first request, by accelerator: GPU pods pull an
-# image, load weights and capture graphs (minutes); the tiny CPU engine on a 2-core machine
-# took 25-60 s in `test_autoscaling_engine` (the longer while the other engine was serving).
+# Seconds from asking for a replica to its first request, by accelerator, unless the spec sets
+# autoscaling.coldStartSeconds: GPU pods pull an image, load weights and capture graphs
+# (minutes); the tiny CPU engine on a 2-core machine took 25-60 s in `test_autoscaling_engine`
+# (the longer while the other engine was serving).
 COLD_START_S: Final = {Accelerator.GPU: 120.0, Accelerator.CPU: 60.0}
 # Ray Serve averages the replicas' and handles' reports over this window (it must exceed Ray's
 # 10 s report interval); replicas record a sample every fifth of it.
@@ -217,7 +218,9 @@ def scaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> ScalingC
         upscale_delay_s=deployment.upscale_delay_s,
         downscale_delay_s=deployment.downscale_delay_s,
         scale_to_zero_idle_s=deployment.scale_to_zero_idle_s,
-        cold_start_s=COLD_START_S[deployment.accelerator],
+        cold_start_s=(
+            COLD_START_S[deployment.accelerator] if deployment.cold_start_s is None else deployment.cold_start_s
+        ),
     )
 
 

@@ -74,6 +74,9 @@ class DeploymentArgs(_Args):
     upscale_delay_s: float = Field(ge=0, description="Delay before adding replicas.")
     downscale_delay_s: float = Field(ge=0, description="Delay before removing replicas.")
     scale_to_zero_idle_s: float | None = Field(default=None, description="Idle time before zero, None: never.")
+    cold_start_s: float | None = Field(
+        default=None, gt=0, description="Seconds for a new replica to serve; None: the accelerator's default."
+    )
     max_ongoing_requests: int = Field(ge=1, description="Requests in flight per replica.")
     max_queued_requests: int = Field(ge=0, description="Requests queued per deployment before 503.")
 
