@@ -1,6 +1,7 @@
-"""The status follows the Serve application as the Ray dashboard reports it (replica counts,
-queue depth, scaling history), read by the real operator from an HTTP server that answers
-like the head service's dashboard."""
+"""The status follows the Serve application as the Ray head reports it (replica counts, queue
+depth, scaling history), read by the real operator from an HTTP server that answers like the
+head service's dashboard (Ray 2.60's payload: `autoscaling_detail` is null) and its metrics
+port (the policy's queue-depth gauge)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from llmdeploy.testing.kubeapi import KubeAPI
 from llmdeploy.testing.operator_process import OperatorProcess, wait_for
-from llmdeploy.testing.serve_details import serve_details
+from llmdeploy.testing.serve_details import ray_metrics_text, serve_details
 
 from .conftest import LLMD, RAYSERVICES, llmdeployment
 
@@ -23,20 +24,25 @@ pytestmark = pytest.mark.integration
 
 
 class FakeDashboard:
-    """Serves whatever `details` holds at /api/serve/applications/, and records the hosts asked."""
+    """Serves `details` at /api/serve/applications/ and `metrics` at /metrics; records the paths asked."""
 
     def __init__(self) -> None:
         self.details: dict[str, Any] = {"applications": {}}
+        self.metrics = ray_metrics_text(None)
         self.paths: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.paths.append(self.path)
-                body = json.dumps(outer.details).encode()
-                code = 200 if self.path.endswith("/api/serve/applications/") else 404
+                if self.path.endswith("/metrics"):
+                    code, body, kind = 200, outer.metrics.encode(), "text/plain; version=0.0.4"
+                elif self.path.endswith("/api/serve/applications/"):
+                    code, body, kind = 200, json.dumps(outer.details).encode(), "application/json"
+                else:
+                    code, body, kind = 404, b"{}", "application/json"
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -66,7 +72,52 @@ def _details(
     return serve_details(states, target, decisions, {"queue_depth_per_replica": queue})
 
 
-def test_status_shows_replicas_queue_and_scaling_history(
+def test_status_records_moves_and_queue_depth_that_ray_260_does_not_report(
+    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMDEPLOY_RAY_METRICS_URL_TEMPLATE", f"http://127.0.0.1:{dashboard.port}/metrics-of/{{name}}")
+    operator = OperatorProcess(
+        tmp_path / "kubeconfig",
+        tmp_path / "operator.log",
+        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
+    )
+    operator.start()
+    try:
+        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
+        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
+
+        def status() -> dict[str, Any]:
+            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+
+        dashboard.details = serve_details(["RUNNING"], 1)
+        wait_for(lambda: status().get("readyReplicas") == 1, what="one ready", operator=operator)
+        assert status()["scalingHistory"] == []
+        assert "queueDepth" not in status()
+
+        # The policy moves the target to 2 and its gauge shows the queue that made it.
+        dashboard.metrics = ray_metrics_text(9.5)
+        dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
+        wait_for(lambda: status().get("desiredReplicas") == 2, what="the new target", operator=operator)
+        current = status()
+        assert (current["replicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 9.5)
+        [move] = current["scalingHistory"]
+        assert (move["from"], move["to"], move["reason"]) == (1, 2, "Ray Serve target 1 -> 2 (queue 9.5/replica)")
+        assert "/metrics-of/tiny/metrics" in dashboard.paths
+
+        # Steady ticks add nothing; the way back down is the next entry.
+        dashboard.details = serve_details(["RUNNING", "RUNNING"], 2)
+        wait_for(lambda: status().get("readyReplicas") == 2, what="two ready", operator=operator)
+        dashboard.metrics = ray_metrics_text(0.0)
+        dashboard.details = serve_details(["RUNNING"], 1)
+        wait_for(lambda: status().get("desiredReplicas") == 1, what="back to one", operator=operator)
+        assert [(e["from"], e["to"]) for e in status()["scalingHistory"]] == [(1, 2), (2, 1)]
+        assert status()["queueDepth"] == 0.0
+    finally:
+        operator.stop()
+    assert "Traceback" not in operator.output
+
+
+def test_status_takes_rays_own_decisions_where_ray_reports_them(
     kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path
 ) -> None:
     operator = OperatorProcess(

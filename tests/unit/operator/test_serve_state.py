@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from llmdeploy.operator.serve_state import MAX_HISTORY, engine_observation
-from llmdeploy.operator.status import merge_history
-from llmdeploy.testing.serve_details import serve_details
+from llmdeploy.operator.serve_state import (
+    MAX_HISTORY,
+    POLICY_QUEUE_DEPTH_METRIC,
+    ServeObservation,
+    engine_observation,
+    policy_queue_depth,
+)
+from llmdeploy.operator.status import merge_history, observed_move
+from llmdeploy.testing.serve_details import ray_metrics_text, serve_details
 
 
 def test_counts_queue_and_history() -> None:
@@ -49,3 +57,46 @@ def test_the_fixture_is_rays_own_schema() -> None:
     app = details["applications"]["llm"]
     for deployment in app["deployments"].values():
         schema.DeploymentDetails.model_validate({**deployment, "deployment_config": {"name": deployment["name"]}})
+
+
+def test_ray_260_fills_no_autoscaling_detail_so_queue_and_history_come_from_elsewhere() -> None:
+    obs = engine_observation(serve_details(["RUNNING", "STARTING"], 2))
+    assert obs is not None
+    assert (obs.desired_replicas, obs.replicas, obs.ready_replicas, obs.queue_depth, obs.history) == (2, 2, 1, None, ())
+
+
+def test_queue_depth_from_the_policys_gauge_on_the_head_metrics_port() -> None:
+    assert policy_queue_depth(ray_metrics_text(4.5)) == 4.5
+    assert policy_queue_depth(ray_metrics_text(None)) is None
+    # Another application's engine, or text that is not Prometheus', gives nothing.
+    assert policy_queue_depth(ray_metrics_text(4.5).replace('application="llm"', 'application="other"')) is None
+    assert policy_queue_depth("not {prometheus") is None
+
+
+def test_the_gauge_name_is_the_one_the_policy_sets() -> None:
+    autoscaling = pytest.importorskip("llmdeploy.serving.autoscaling")
+    assert POLICY_QUEUE_DEPTH_METRIC == "ray_" + autoscaling.QUEUE_DEPTH_METRIC
+
+
+NOW = datetime(2026, 11, 26, 9, 0, 0, tzinfo=UTC)
+
+
+def test_a_changed_target_is_recorded_as_a_move_with_the_queue_seen() -> None:
+    current = {"desiredReplicas": 1, "scalingHistory": []}
+    serve = ServeObservation(desired_replicas=2, replicas=2, ready_replicas=1, queue_depth=4.5, history=())
+    assert observed_move(current, serve, NOW) == (
+        {"time": "2026-11-26T09:00:00Z", "from": 1, "to": 2, "reason": "Ray Serve target 1 -> 2 (queue 4.5/replica)"},
+    )
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        {"desiredReplicas": 2, "scalingHistory": []},  # unchanged
+        {"desiredReplicas": 1},  # the first dashboard read: the count came from the spec
+        {"scalingHistory": []},  # no count yet
+    ],
+)
+def test_no_move_without_a_change_seen_between_two_dashboard_reads(current: dict[str, object]) -> None:
+    serve = ServeObservation(desired_replicas=2, replicas=2, ready_replicas=2, queue_depth=None, history=())
+    assert observed_move(current, serve, NOW) == ()

@@ -2,8 +2,11 @@
 
 `GET <head>:8265/api/serve/applications/` answers Ray Serve's `ServeInstanceDetails`. The
 engine deployment of our application (Ray Serve LLM names it `LLMServer:<name>`) carries the
-autoscaler's target, its replicas with their states, and Ray's record of recent scaling
-decisions (time, from, to, reason) with the metrics the policy saw.
+autoscaler's target and its replicas with their states. Its `autoscaling_detail` (Ray's record
+of recent decisions and the metrics the policy saw) is declared but never filled by Ray 2.60,
+so the queue depth also comes from the gauge the policy sets in Ray's controller, read from
+the head's metrics port (`policy_queue_depth`), and the status timer records a scaling entry
+itself when the target it reads changes (`status.observed_status`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from llmdeploy.serving.config import APPLICATION_NAME
 
 ENGINE_DEPLOYMENT_PREFIX: Final = "LLMServer"
@@ -22,6 +27,9 @@ _LIVE_STATES: Final = frozenset({"STARTING", "UPDATING", "RECOVERING", "RUNNING"
 # Keys of `autoscaling_detail.metrics` that carry requests waiting per replica, in order of preference.
 QUEUE_DEPTH_KEYS: Final = ("queue_depth_per_replica", "waiting_per_replica")
 MAX_HISTORY: Final = 20
+# The policy's gauge as the head's metrics port serves it (`llmdeploy.serving.autoscaling.
+# QUEUE_DEPTH_METRIC`, prefixed by Ray).
+POLICY_QUEUE_DEPTH_METRIC: Final = "ray_llmdeploy_autoscaling_queue_depth_per_replica"
 
 
 @dataclass(frozen=True)
@@ -72,3 +80,25 @@ def engine_observation(details: Mapping[str, Any]) -> ServeObservation | None:
         queue_depth=_queue_depth(detail),
         history=history,
     )
+
+
+def policy_queue_depth(metrics_text: str) -> float | None:
+    """Requests waiting per engine replica at the policy's last decision, from Prometheus text.
+
+    None when the gauge is absent (no decision yet, or autoscaling off) or the text is not
+    Prometheus' exposition format.
+    """
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            if family.name != POLICY_QUEUE_DEPTH_METRIC:
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("application") == APPLICATION_NAME and labels.get("deployment", "").startswith(
+                    ENGINE_DEPLOYMENT_PREFIX
+                ):
+                    value = float(sample.value)
+                    return round(value, 3) if math.isfinite(value) else None
+    except ValueError:
+        return None
+    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from llmdeploy.operator import conditions as cond
@@ -129,11 +129,31 @@ def observed_status(
             "desiredReplicas": serve.desired_replicas,
             "readyReplicas": serve.ready_replicas,
             "replicas": serve.replicas,
-            "scalingHistory": merge_history(current.get("scalingHistory") or [], serve.history),
+            "scalingHistory": merge_history(
+                current.get("scalingHistory") or [], serve.history or observed_move(current, serve, now)
+            ),
         }
         if serve.queue_depth is not None:
             new["queueDepth"] = serve.queue_depth
     return new
+
+
+def observed_move(current: Mapping[str, Any], serve: ServeObservation, now: datetime) -> tuple[dict[str, Any], ...]:
+    """A history entry when the Serve target read now differs from the one read last time.
+
+    Ray 2.60 keeps its own decisions to itself (`autoscaling_detail` is never filled), so the
+    timer records the moves it sees: at most one per tick, so a move and its reversal within
+    one tick go unseen. Only after an earlier dashboard read (which always writes
+    `scalingHistory`): the spec's count written while the dashboard was unreachable is no move.
+    """
+    before = current.get("desiredReplicas")
+    if "scalingHistory" not in current or not isinstance(before, int) or before == serve.desired_replicas:
+        return ()
+    reason = f"Ray Serve target {before} -> {serve.desired_replicas}"
+    if serve.queue_depth is not None:
+        reason += f" (queue {serve.queue_depth:g}/replica)"
+    when = now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return ({"time": when, "from": before, "to": serve.desired_replicas, "reason": reason},)
 
 
 def merge_history(kept: Sequence[Mapping[str, Any]], seen: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

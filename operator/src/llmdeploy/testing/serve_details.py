@@ -1,6 +1,9 @@
 """Answers of the Ray dashboard's Serve API (`ServeInstanceDetails`), built for tests.
 
-The shape is Ray Serve 2.60's (a unit test validates it against `ray.serve.schema`)."""
+The shape is Ray Serve 2.60's (a unit test validates it against `ray.serve.schema`, and the
+engine test runs the same parsers on the real stack's answer). Ray 2.60 sends
+`autoscaling_detail: null` for every deployment; pass `decisions` or `metrics` only to exercise
+the path for a Ray that fills it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 def serve_details(
     states: list[str],
     target: int,
-    decisions: list[tuple[float, int, int, str]],
+    decisions: list[tuple[float, int, int, str]] | None = None,
     metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A `ServeInstanceDetails` answer as the dashboard's /api/serve/applications/ sends it."""
@@ -40,11 +43,13 @@ def serve_details(
         "target_num_replicas": target,
         "required_resources": {},
         "replicas": replicas,
-        "autoscaling_detail": {
+        "autoscaling_detail": None
+        if decisions is None and metrics is None
+        else {
             "scaling_status": "STABLE",
             "decisions": [
                 {"timestamp_s": t, "prev_num_replicas": a, "curr_num_replicas": b, "reason": r}
-                for t, a, b, r in decisions
+                for t, a, b, r in decisions or []
             ],
             "metrics": metrics,
         },
@@ -68,3 +73,22 @@ def serve_details(
             }
         },
     }
+
+
+def ray_metrics_text(queue_depth: float | None, deployment: str = "LLMServer:tiny") -> str:
+    """The head's Prometheus endpoint with the policy's gauge, labelled as Ray exports it."""
+    lines = [
+        "# HELP ray_serve_autoscaling_desired_replicas The raw autoscaling decision.",
+        "# TYPE ray_serve_autoscaling_desired_replicas gauge",
+        "ray_serve_autoscaling_desired_replicas{"
+        f'Component="core_worker",application="llm",deployment="{deployment}"}} 1.0',
+    ]
+    if queue_depth is not None:
+        lines += [
+            "# HELP ray_llmdeploy_autoscaling_queue_depth_per_replica Requests waiting per replica.",
+            "# TYPE ray_llmdeploy_autoscaling_queue_depth_per_replica gauge",
+            "ray_llmdeploy_autoscaling_queue_depth_per_replica{"
+            f'Component="core_worker",NodeAddress="10.0.0.1",SessionName="session",Version="2.60.0",'
+            f'application="llm",deployment="{deployment}"}} {queue_depth}',
+        ]
+    return "\n".join(lines) + "\n"

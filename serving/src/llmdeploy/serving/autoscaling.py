@@ -65,6 +65,11 @@ ENGINE_STATS_KEYS: Final = (WAITING_KEY, RUNNING_KEY, KV_CACHE_USAGE_KEY, FINISH
 
 # Import path for `autoscaling_config.policy.policy_function`.
 POLICY_IMPORT_PATH: Final = "llmdeploy.serving.autoscaling:QueueDepthPolicy"
+# Gauge the adapter sets from Ray's controller on each decision: requests waiting per replica as
+# the policy saw them. The controller runs on the head node, so the head's metrics port serves it
+# (Ray prefixes `ray_`), where the operator reads it for `status.queueDepth`: Ray 2.60's Serve
+# API declares `autoscaling_detail` but never fills it.
+QUEUE_DEPTH_METRIC: Final = "llmdeploy_autoscaling_queue_depth_per_replica"
 # Scaling decisions kept in `policy_state["history"]`.
 HISTORY_LENGTH: Final = 10
 # A replica whose engine has at least this many requests waiting (window mean) is saturated:
@@ -571,6 +576,7 @@ class QueueDepthPolicy:
 
     def __init__(self, **policy_kwargs: Any) -> None:
         self.config = ScalingConfig.model_validate(policy_kwargs)
+        self._queue_gauge: Any = None
 
     def __call__(self, ctx: AutoscalingContextLike) -> tuple[int, dict[str, Any]]:
         decision = decide(PolicyState.from_dict(ctx.policy_state), observe(ctx), self.config)
@@ -578,4 +584,28 @@ class QueueDepthPolicy:
             _logger.info(
                 "autoscaling %s -> %s replicas: %s", ctx.target_num_replicas, decision.replicas, decision.reason
             )
+        self._export(ctx, decision.state)
         return decision.replicas, decision.state.to_dict()
+
+    def _export(self, ctx: AutoscalingContextLike, state: PolicyState) -> None:
+        """Set the queue-depth gauge; best effort: a metrics failure must never stop scaling."""
+        depth = state.metrics.get("queue_depth_per_replica")
+        if depth is None:
+            return
+        try:
+            if self._queue_gauge is None:
+                # Imported here: the module itself stays free of Ray (Ray pickles it by value).
+                from ray.util import metrics
+
+                self._queue_gauge = metrics.Gauge(
+                    QUEUE_DEPTH_METRIC,
+                    description="Requests waiting per replica (engines plus handles) at the last autoscaling decision.",
+                    tag_keys=("deployment", "application"),
+                )
+            tags = {
+                "deployment": str(getattr(ctx, "deployment_name", "")),
+                "application": str(getattr(ctx, "app_name", "") or ""),
+            }
+            self._queue_gauge.set(float(depth), tags=tags)
+        except Exception:  # metrics are advisory; the decision stands
+            _logger.debug("autoscaling: could not export %s", QUEUE_DEPTH_METRIC, exc_info=True)
