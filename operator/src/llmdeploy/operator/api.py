@@ -404,6 +404,19 @@ class ResponseCacheSpec(_RuledModel):
     )
 
 
+class AuthSpec(_Model):
+    """Who may call the OpenAI endpoint."""
+
+    api_keys_secret: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding the API keys clients must send as `Authorization: Bearer <key>` "
+            "(one per line or comma-separated). Unset: no authentication. Requests without a "
+            "valid key get HTTP 401 with an OpenAI error body. Each key is also a cache scope."
+        ),
+    )
+
+
 class ResourceList(_Model):
     """CPU and memory for a pod."""
 
@@ -604,6 +617,7 @@ class LLMDeploymentSpec(_RuledModel):
         default_factory=ResponseCacheSpec, description="Shared cache of complete responses."
     )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Per-replica admission limits.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="API-key authentication of the OpenAI endpoint.")
     ray: RaySpec = Field(default_factory=RaySpec, description="The Ray cluster that runs the replicas.")
 
 

@@ -60,6 +60,9 @@ def _shared_env(spec: LLMDeploymentSpec) -> list[dict[str, Any]]:
     if cache.enabled and cache.backend == ResponseCacheBackend.REDIS and cache.redis_url_secret:
         ref = cache.redis_url_secret
         env.append(_secret_env(sc.REDIS_URL_ENV, ref.name, ref.key))
+    if spec.auth.api_keys_secret is not None:
+        ref = spec.auth.api_keys_secret
+        env.append(_secret_env(sc.API_KEYS_ENV, ref.name, ref.key))
     return env
 
 

@@ -147,6 +147,7 @@ def serving_args(spec: LLMDeploymentSpec, *, name: str, served_model_name: str) 
             cache_nondeterministic=cache.cache_nondeterministic,
             tenant_header=cache.tenant_header,
         ),
+        api_keys_env=sc.API_KEYS_ENV if spec.auth.api_keys_secret is not None else None,
     )
 
 

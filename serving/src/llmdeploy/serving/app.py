@@ -19,8 +19,10 @@ With autoscaling on, the engine deployment is Ray Serve LLM's `LLMServer` subcla
 report vLLM's waiting and running requests, KV-cache usage and completion rate to the
 queue-depth policy (`llmdeploy.serving.autoscaling`), which `autoscaling_config` names.
 
-The ingress is Ray Serve LLM's `OpenAiIngress`, subclassed only so that an unknown model gets
-an OpenAI error body (see `OpenAiIngress` below); callers may pass another ingress class.
+The ingress is Ray Serve LLM's `OpenAiIngress`, subclassed so that an unknown model gets an
+OpenAI error body (see `OpenAiIngress` below) and, through `llmdeploy.serving.ingress`, to
+answer repeated requests from the response cache and to require API keys when configured;
+callers may pass another ingress class.
 Request routing stays Ray's default (power of two choices) and there is no response cache
 yet: `RouterArgs` and `ResponseCacheArgs` are validated here but wired in by the modules that
 implement them.
@@ -378,6 +380,19 @@ def check_model_sources(args: ServingArgs, *, cache_dir: Path | str | None = Non
             check_model_source(source)
 
 
+def ingress_kwargs(args: ServingArgs) -> dict[str, Any]:
+    """The ingress's own options (response cache, API keys) as `ingress_extra_kwargs`. Pure."""
+    from llmdeploy.serving.ingress import ingress_options
+
+    return ingress_options(
+        name=args.name,
+        model_identity=args.model_identity,
+        response_cache=args.response_cache,
+        api_keys_env=args.api_keys_env,
+        max_replicas=ingress_deployment_config(args)["autoscaling_config"]["max_replicas"],
+    )
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Ray Serve entry point: validate `args` as `ServingArgs` and build the OpenAI app."""
     from ray.serve.llm import LLMConfig, build_openai_app
@@ -385,7 +400,7 @@ def build_app(args: dict[str, Any]) -> Application:
     serving = ServingArgs.model_validate(args)
     model, draft = resolve_sources(serving)
     llm_config = LLMConfig(**llm_config_kwargs(serving, model=model, draft=draft))
-    app_args = openai_app_args(serving, model=model, draft=draft)
+    app_args = openai_app_args(serving, model=model, draft=draft, ingress_extra_kwargs=ingress_kwargs(serving))
     app_args["llm_configs"] = [llm_config]
     application: Application = build_openai_app(app_args)
     return application
@@ -435,13 +450,16 @@ def _ingress_class() -> type:
     from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
     from ray.serve.llm.ingress import OpenAiIngress as RayOpenAiIngress
 
-    class OpenAiIngress(RayOpenAiIngress):
+    from llmdeploy.serving.ingress import IngressExtensions
+
+    class OpenAiIngress(IngressExtensions, RayOpenAiIngress):
         """Ray Serve LLM's OpenAI ingress, answering an unknown model with an OpenAI error body.
 
         Ray 2.60 raises FastAPI's `HTTPException` for a model it does not serve, which FastAPI
         answers with `{"detail": ...}` before Ray's own error middleware sees it; OpenAI
         clients expect `{"error": {...}}`. Re-raised as Ray's `OpenAIHTTPException`, it goes
-        through that middleware like every other error. Only the model lookup is overridden.
+        through that middleware like every other error. `IngressExtensions`
+        (`llmdeploy.serving.ingress`) adds the response cache and API-key authentication.
         """
 
         async def _get_model_id(self, model: str | None) -> str:

@@ -183,3 +183,7 @@ class ServingArgs(_Args):
     deployment: DeploymentArgs
     router: RouterArgs
     response_cache: ResponseCacheArgs
+    api_keys_env: str | None = Field(
+        default=None,
+        description="Env var holding the API keys clients must send (comma- or newline-separated); None: no auth.",
+    )

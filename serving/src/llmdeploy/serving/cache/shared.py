@@ -18,6 +18,8 @@ from llmdeploy.serving.cache.backends import BackendError, MemoryBackend
 NAMESPACE: Final = "llmdeploy"
 # Seconds an actor call may take before the lookup counts as a backend failure.
 ACTOR_TIMEOUT_S: Final = 0.5
+# The first call may wait for the actor's process to start (the ingress pings it at start).
+ACTOR_START_TIMEOUT_S: Final = 60.0
 
 
 def actor_name(deployment: str) -> str:
@@ -58,16 +60,20 @@ class SharedMemoryBackend:
             max_concurrency=64,
         ).remote(max_entries)
         self._timeout_s = timeout_s
+        self._started = False
 
     async def _call(self, method: str, *args: Any) -> Any:
         import asyncio
 
         import ray.exceptions
 
+        timeout_s = self._timeout_s if self._started else ACTOR_START_TIMEOUT_S
         try:
-            return await asyncio.wait_for(getattr(self._actor, method).remote(*args), self._timeout_s)
+            result = await asyncio.wait_for(getattr(self._actor, method).remote(*args), timeout_s)
         except (TimeoutError, ray.exceptions.RayError) as err:
             raise BackendError(f"cache actor {method} failed: {type(err).__name__}: {err}") from err
+        self._started = True
+        return result
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._call("get", key)
