@@ -16,6 +16,8 @@ import yaml
 from llmdeploy.operator.errors import LLMDeployError, ManifestError, SpecError
 
 DEFAULT_EXAMPLE = "examples/tiny-cpu.yaml"
+# Log formats of `serve` and `operator`: readable by default, JSON lines for log pipelines.
+LOG_FORMATS = ("plain", "json")
 
 
 class _LiteralDumper(yaml.SafeDumper):
@@ -93,8 +95,15 @@ def _default_example() -> str:
 @click.option("--port", default=8000, show_default=True, help="HTTP port of the OpenAI-compatible API.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--metrics-port", default=8080, show_default=True, help="Port of Ray's Prometheus metrics.")
-@click.option("--verbose", is_flag=True, help="Show Ray's and vLLM's own logs.")
-def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bool) -> None:
+@click.option("--verbose", "--debug", "verbose", is_flag=True, help="Show Ray's and vLLM's own logs.")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="plain",
+    show_default=True,
+    help="Serve's log files: plain text, or JSON lines that carry each request's request_id.",
+)
+def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bool, log_format: str) -> None:
     """Serve FILE (an LLMDeployment) on this machine with Ray Serve and vLLM.
 
     Without FILE, serves the bundled examples/tiny-cpu.yaml: a tiny model built locally.
@@ -106,7 +115,7 @@ def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bo
         click.echo(f"error: serving needs the [serving] extra and vLLM ({exc}); run `make serve`", err=True)
         sys.exit(1)
     try:
-        run_local(path, port=port, host=host, metrics_port=metrics_port, verbose=verbose)
+        run_local(path, port=port, host=host, metrics_port=metrics_port, verbose=verbose, log_format=log_format)
     except LLMDeployError as exc:
         _fail(exc)
 
@@ -125,12 +134,21 @@ def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bo
     show_default=True,
     help="Liveness endpoint URL ('' to disable).",
 )
-@click.option("--verbose", is_flag=True, help="Debug logging.")
-def operator_command(namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool) -> None:
+@click.option("--verbose", "--debug", "verbose", is_flag=True, help="Debug logging (kopf's and the operator's).")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="plain",
+    show_default=True,
+    help="plain: readable lines prefixed with [namespace/name]; json: one object per line, with `object`.",
+)
+def operator_command(
+    namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool, log_format: str
+) -> None:
     """Run the operator (kopf) against the current cluster."""
     from llmdeploy.operator.runner import run
 
-    run(namespaces=namespaces, standalone=standalone, liveness=liveness, verbose=verbose)
+    run(namespaces=namespaces, standalone=standalone, liveness=liveness, verbose=verbose, log_format=log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

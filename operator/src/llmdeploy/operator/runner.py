@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import kopf
 
 
 def run(
-    *, namespaces: Sequence[str] = (), standalone: bool = False, liveness: str | None = None, verbose: bool = False
+    *,
+    namespaces: Sequence[str] = (),
+    standalone: bool = False,
+    liveness: str | None = None,
+    verbose: bool = False,
+    log_format: str = "plain",
 ) -> None:
     """Block running the operator; all namespaces unless `namespaces` names some."""
-    import llmdeploy.operator.handlers
-    import llmdeploy.operator.settings  # noqa: F401  (registers the startup settings)
+    import llmdeploy.operator.handlers  # noqa: F401  (registers the handlers)
+    from llmdeploy.operator.settings import LogFormat, configure_logging  # registers the startup settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(log_format=LogFormat(log_format), verbose=verbose)
     kopf.run(
         standalone=standalone,
         clusterwide=not namespaces,

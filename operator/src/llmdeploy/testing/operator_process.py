@@ -27,6 +27,7 @@ class OperatorProcess:
         metrics_port: int = 0,
         dashboard_url_template: str = "",
         verbose: bool = True,
+        log_format: str = "plain",
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
@@ -40,12 +41,14 @@ class OperatorProcess:
         }
         self.metrics_port = metrics_port
         self.verbose = verbose
+        self.log_format = log_format
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "llmdeploy.cli", "operator", "--standalone", "--liveness", ""]
         if self.verbose:
             cmd.append("--verbose")
+        cmd += ["--log-format", self.log_format]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
 

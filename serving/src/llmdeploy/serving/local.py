@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from rich.console import Console
 
@@ -47,6 +47,7 @@ class LocalOptions:
     port: int = 8000
     metrics_port: int = 8080
     verbose: bool = False
+    log_format: str = "plain"
 
 
 def load_one(path: str) -> tuple[str, ServingArgs, str]:
@@ -120,12 +121,20 @@ def _ray(options: LocalOptions, replicas: int) -> Iterator[None]:
 def _deploy(args: ServingArgs, options: LocalOptions, console: Console) -> None:
     from ray import serve
 
-    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.start(
+        http_options={"host": options.host, "port": options.port},
+        logging_config=serve_logging_config(options.log_format),
+    )
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            serve.run(app.build_app(args.model_dump(mode="json")), name=APPLICATION_NAME, route_prefix=ROUTE_PREFIX)
+            serve.run(
+                app.build_app(args.model_dump(mode="json")),
+                name=APPLICATION_NAME,
+                route_prefix=ROUTE_PREFIX,
+                logging_config=serve_logging_config(options.log_format),
+            )
         except BaseException as exc:  # reported on the main thread
             outcome["error"] = exc
 
@@ -164,11 +173,25 @@ def _interrupt_once(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def serve_logging_config(log_format: str) -> dict[str, Any]:
+    """Ray Serve's logging for every deployment: `json` writes JSON lines, each with the
+    `request_id` of the request it was written for (Ray adopts a client's X-Request-ID)."""
+    if log_format not in ("plain", "json"):
+        raise ValueError(f"log format must be plain or json, not {log_format!r}")
+    return {"encoding": "JSON" if log_format == "json" else "TEXT", "enable_access_log": True}
+
+
 def run_local(
-    path: str, *, port: int = 8000, host: str = "127.0.0.1", metrics_port: int = 8080, verbose: bool = False
+    path: str,
+    *,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    metrics_port: int = 8080,
+    verbose: bool = False,
+    log_format: str = "plain",
 ) -> None:
     """Serve the LLMDeployment in `path` until interrupted."""
-    options = LocalOptions(host=host, port=port, metrics_port=metrics_port, verbose=verbose)
+    options = LocalOptions(host=host, port=port, metrics_port=metrics_port, verbose=verbose, log_format=log_format)
     console = Console(stderr=False, highlight=False)
     name, args, accelerator = load_one(path)
     _require_accelerator(accelerator)
