@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmdeploy.operator.api import Phase
+from llmdeploy.operator.conditions import Reason
 
 RECONCILES: Final = Counter(
     "llmdeploy_operator_reconciles_total",
@@ -29,6 +30,10 @@ RECONCILE_ERRORS: Final = Counter(
     "Reconciles that could not apply the RayService, by reason (InvalidSpec, RayServiceNotOwned, ApplyFailed).",
     ["reason"],
 )
+# Every reason starts at 0: the first error is then an increase that rate() sees, so the
+# reconcile-errors alert fires on it (a series born at 1 shows no increase until a second error).
+for _reason in (Reason.INVALID_SPEC, Reason.CHILD_CONFLICT, Reason.APPLY_FAILED):
+    RECONCILE_ERRORS.labels(_reason.value)
 RECONCILE_DURATION: Final = Histogram(
     "llmdeploy_operator_reconcile_duration_seconds",
     "Time from reading an LLMDeployment to having applied its RayService.",
