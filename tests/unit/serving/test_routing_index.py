@@ -64,6 +64,8 @@ def test_bad_arguments_are_refused() -> None:
         block_hashes([1, 2, 3], 1, salt="tenant")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_blocks"):
         PrefixIndex(0)
+    with pytest.raises(ValueError, match="stride"):
+        PrefixIndex(10, stride=0)
 
 
 def test_hashes_are_the_same_in_another_process_with_another_hash_seed() -> None:
@@ -108,12 +110,13 @@ def test_block_structure_matches_vllm() -> None:
 class NaiveIndex:
     """Reference: one ordered dict of (hash, replica), touched deepest block first, LRU eviction."""
 
-    def __init__(self, max_blocks: int) -> None:
+    def __init__(self, max_blocks: int, stride: int = 1) -> None:
         self.max_blocks = max_blocks
+        self.stride = stride
         self.entries: OrderedDict[tuple[int, str], None] = OrderedDict()
 
     def insert(self, replica: str, hashes: Sequence[int]) -> int:
-        for h in reversed(hashes):
+        for h in reversed(hashes[self.stride - 1 :: self.stride]):
             self.entries[(h, replica)] = None
             self.entries.move_to_end((h, replica))
         evicted = 0
@@ -127,12 +130,13 @@ class NaiveIndex:
             del self.entries[key]
 
     def match(self, hashes: Sequence[int], replicas: Sequence[str]) -> dict[str, int]:
+        points = hashes[self.stride - 1 :: self.stride]
         out = {}
         for r in replicas:
             depth = 0
-            while depth < len(hashes) and (hashes[depth], r) in self.entries:
+            while depth < len(points) and (points[depth], r) in self.entries:
                 depth += 1
-            out[r] = depth
+            out[r] = depth * self.stride
         return out
 
 
@@ -149,10 +153,13 @@ operations = st.lists(
 
 
 @settings(max_examples=300)
-@given(max_blocks=st.integers(1, 12), ops=operations)
-def test_index_behaves_like_the_naive_reference(max_blocks: int, ops: list[tuple[str, str, list[int]]]) -> None:
-    """LRU bound never exceeded, evictions counted, removals forget everything, match exact."""
-    index, naive = PrefixIndex(max_blocks), NaiveIndex(max_blocks)
+@given(max_blocks=st.integers(1, 12), stride=st.sampled_from([1, 1, 2, 3]), ops=operations)
+def test_index_behaves_like_the_naive_reference(
+    max_blocks: int, stride: int, ops: list[tuple[str, str, list[int]]]
+) -> None:
+    """LRU bound never exceeded, evictions counted, removals forget everything, match exact
+    (with a stride: exact over every stride-th block, in blocks)."""
+    index, naive = PrefixIndex(max_blocks, stride=stride), NaiveIndex(max_blocks, stride)
     for op, replica, hashes in ops:
         if op == "insert":
             assert index.insert(replica, hashes) == naive.insert(replica, hashes)
@@ -168,7 +175,7 @@ def test_index_behaves_like_the_naive_reference(max_blocks: int, ops: list[tuple
 
 
 def test_eviction_trims_a_prefix_from_its_tail() -> None:
-    index = PrefixIndex(6)
+    index = PrefixIndex(6, stride=1)
     index.insert("a", [1, 2, 3, 4])
     index.insert("b", [9, 8, 7])  # one entry over: a's deepest block goes first
     assert index.match([1, 2, 3, 4], ["a"]) == {"a": 3}
@@ -176,7 +183,7 @@ def test_eviction_trims_a_prefix_from_its_tail() -> None:
 
 
 def test_remove_replica_forgets_all_of_it_and_keeps_the_rest() -> None:
-    index = PrefixIndex(100)
+    index = PrefixIndex(100, stride=1)
     shared = list(range(10))
     index.insert("a", shared)
     index.insert("b", shared[:5])
@@ -190,10 +197,21 @@ def test_remove_replica_forgets_all_of_it_and_keeps_the_rest() -> None:
 
 
 def test_match_is_a_read_not_a_use() -> None:
-    index = PrefixIndex(4)
+    index = PrefixIndex(4, stride=1)
     index.insert("a", [1, 2])
     index.insert("b", [3, 4])
     index.match([1, 2], ["a"])
     index.insert("c", [5, 6])  # evicts a's entries: the match did not refresh them
     assert index.match([1, 2], ["a"]) == {"a": 0}
     assert index.match([3, 4], ["b"]) == {"b": 2}
+
+
+def test_a_stride_of_four_indexes_every_fourth_block() -> None:
+    index = PrefixIndex(1000, stride=4)
+    prompt = block_hashes(range(16 * 10), 16)  # 10 blocks: indexed at blocks 4 and 8
+    index.insert("a", prompt)
+    assert len(index) == 2
+    assert index.match(prompt, ["a"]) == {"a": 8}
+    longer = block_hashes([*range(16 * 10), *range(500, 500 + 16 * 6)], 16)
+    assert index.match(longer, ["a", "b"]) == {"a": 8, "b": 0}
+    assert index.match(prompt[:3], ["a"]) == {"a": 0}  # shorter than one stride: nothing to match

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from llmdeploy.serving.routing.index import PrefixIndex, block_hashes
-from llmdeploy.serving.routing.policy import Decision, ReplicaLoad, RoutingParams, choose
+from llmdeploy.serving.routing.policy import Decision, PrefillBacklog, ReplicaLoad, RoutingParams, choose
 
 PARAMS = RoutingParams(block_size=16, max_load_ratio=1.5)
 REPLICAS = ["a", "b", "c", "d"]
@@ -111,3 +111,24 @@ def test_no_candidates_is_an_error() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RoutingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_prefill_backlog_adds_up_and_drains_in_real_time() -> None:
+    backlog = PrefillBacklog(PARAMS)
+    assert backlog.backlog_s("a", 0.0) == 0.0
+    backlog.add("a", 6_400, now=10.0)  # 0.2 s of prefill at 32k tokens/s
+    backlog.add("a", 0, now=10.0)  # a fully cached prompt still costs the 20 ms floor
+    assert backlog.backlog_s("a", 10.0) == pytest.approx(0.22)
+    assert backlog.backlog_s("a", 10.1) == pytest.approx(0.12)
+    assert backlog.backlog_s("a", 11.0) == 0.0
+    backlog.add("a", 3_200, now=11.0)  # what drained is gone, not owed
+    assert backlog.backlog_s("a", 11.0) == pytest.approx(0.1)
+    backlog.forget("a")
+    assert backlog.backlog_s("a", 11.0) == 0.0
+
+
+def test_backlog_steers_away_from_a_replica_busy_prefilling() -> None:
+    """Same queue lengths, no prefix anywhere: the replica that just took a long prompt is avoided."""
+    rng = random.Random(0)
+    busy = [ReplicaLoad(r, 1, 0.3 if r != "c" else 0.0) for r in REPLICAS]
+    assert choose(64, {}, busy, PARAMS, rng) == Decision("c", 0, affinity=False)

@@ -30,9 +30,9 @@ would need a mapping from vLLM's block hashes to these; the router does not do t
 this block". It has a hard size limit with least-recently-used eviction, and insertion touches
 a prompt's blocks from the last to the first, so a prefix's root blocks are always at least as
 recent as its deeper blocks and eviction trims prefixes from their tails, as vLLM's own free
-queue does. Plain dicts and one `OrderedDict` (C-implemented `move_to_end`/`popitem`): a
-4,096-token prompt (256 blocks) is matched over 8 replicas and inserted in tens of
-microseconds with 100k entries.
+queue does. Plain dicts and one `OrderedDict` (C-implemented `move_to_end`/`popitem`); the
+cost of a decision is about one microsecond per *new* entry (insert plus the eviction it
+causes); indexing only every k-th block (`stride`) divides that by k.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+# Blocks per index entry. 1 is exact. 4 (64-token granularity at vLLM's default block size)
+# costs routing nothing that matters (47 tokens are ~1.5 ms of prefill on an H100), while a
+# new prompt costs a quarter of the inserts and evictions, which dominate the decision time,
+# and the same limit covers four times as many prompts (benchmarks/routing.py --index-stride).
+DEFAULT_STRIDE: Final = 1
 # An index entry's key is `hash << SLOT_BITS | slot`: one int, no tuple per entry.
 SLOT_BITS: Final = 16
 SLOT_MASK: Final = (1 << SLOT_BITS) - 1
@@ -70,6 +75,11 @@ def block_hashes(token_ids: Sequence[int], block_size: int, *, salt: int = 0) ->
 class PrefixIndex:
     """Leading blocks each replica holds, bounded to `max_blocks` (block, replica) entries, LRU.
 
+    With `stride` k > 1 only every k-th block is indexed (the hash of block i covers the whole
+    prefix through it, so one entry stands for k blocks): a prompt's match is then known to
+    within k - 1 blocks, and an index of the same size covers k times as many prompts for a
+    k-th of the work per new prompt. `max_blocks` counts entries either way.
+
     Each replica gets a small slot number while it has entries; a block's holders are a bit
     mask of slots and an entry's key is one integer (hash and slot), so the index holds no
     per-block containers: less memory, nothing for the garbage collector to walk, and `match`
@@ -77,10 +87,13 @@ class PrefixIndex:
     calls it from its event loop.
     """
 
-    def __init__(self, max_blocks: int) -> None:
+    def __init__(self, max_blocks: int, *, stride: int = DEFAULT_STRIDE) -> None:
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
+        if stride < 1:
+            raise ValueError(f"stride must be at least 1 block, got {stride}")
         self.max_blocks = max_blocks
+        self.stride = stride
         # (hash << SLOT_BITS | slot) in least- to most-recently-used order.
         self._lru: OrderedDict[int, None] = OrderedDict()
         # block hash -> bit mask of the slots holding it.
@@ -101,8 +114,12 @@ class PrefixIndex:
     def match(self, hashes: Sequence[int], replicas: Iterable[str]) -> dict[str, int]:
         """For each of `replicas`, how many leading blocks of `hashes` it holds (0 if none).
 
-        Read-only: matching is not a use (the router inserts what it actually sends).
+        Read-only: matching is not a use (the router inserts what it actually sends). With a
+        stride, the answer is a multiple of it: the blocks through the last indexed point held.
         """
+        stride = self.stride
+        if stride > 1:
+            hashes = hashes[stride - 1 :: stride]
         result = dict.fromkeys(replicas, 0)
         slots = self._slots
         alive = 0
@@ -124,10 +141,15 @@ class PrefixIndex:
                     break
             depth += 1
         _assign(result, names, alive, depth)
+        if stride > 1:
+            for replica, points in result.items():
+                result[replica] = points * stride
         return result
 
     def insert(self, replica: str, hashes: Sequence[int]) -> int:
         """Record that `replica` holds these blocks (or touch them); returns the entries evicted."""
+        if self.stride > 1:
+            hashes = hashes[self.stride - 1 :: self.stride]
         if not hashes:
             return 0
         slot = self._slot(replica)

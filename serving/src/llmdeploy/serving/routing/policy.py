@@ -1,10 +1,11 @@
 """Which replica gets a request: prefix affinity within a load bound. Pure (no Ray, no clock).
 
-Signal: for each candidate replica, the leading prompt blocks it holds (`PrefixIndex.match`)
-and the requests it has ongoing as the router sees them. Each replica gets an expected cost
-in seconds of time to first token:
+Signal: for each candidate replica, the leading prompt blocks it holds (`PrefixIndex.match`),
+the requests it has ongoing as the router sees them, and the prefill work the router sent it
+that is not done yet (`PrefillBacklog`). Each replica gets an expected cost in seconds of time
+to first token:
 
-    cost = prefill(uncached prompt tokens) + queued x queue_s_per_request
+    cost = prefill(uncached prompt tokens) + prefill_backlog_s + queued x queue_s_per_request
     prefill(n) = max(prefill_floor_s, n x prefill_s_per_token)
 
 The defaults are an H100's for a Llama-3-8B-shaped model (measured: ~32k prompt tokens/s from
@@ -40,6 +41,8 @@ class ReplicaLoad:
 
     replica: str
     queued: int
+    # Seconds of prefill sent to the replica and not yet done, by `PrefillBacklog`.
+    prefill_backlog_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def choose(
     for load in loads:
         matched = min(matches.get(load.replica, 0), prompt_blocks)
         prefill = (prompt_blocks - matched) * block_tokens
-        cost = (prefill if prefill > floor else floor) + load.queued * per_request
+        cost = (prefill if prefill > floor else floor) + load.queued * per_request + load.prefill_backlog_s
         if cost < cheapest_cost:
             cheapest, cheapest_cost = [load], cost
         elif cost == cheapest_cost:
@@ -112,3 +115,32 @@ def choose(
         return Decision(pick.replica, best_match, affinity=True)
     pick = cheapest[0] if len(cheapest) == 1 else rng.choice(cheapest)
     return Decision(pick.replica, min(matches.get(pick.replica, 0), prompt_blocks), affinity=False)
+
+
+class PrefillBacklog:
+    """Prefill work each replica was sent and has not yet done, in seconds, drained in real time.
+
+    A count of ongoing requests cannot tell a replica that just took a 6k-token prompt (busy
+    prefilling for the next ~200 ms) from one decoding a few short answers. The router knows
+    what it sent: each placement adds the expected prefill of its uncached tokens, and a
+    replica works its backlog off at one second per second. Pure: the caller passes the time.
+    """
+
+    def __init__(self, params: RoutingParams) -> None:
+        self._params = params
+        self._backlog: dict[str, tuple[float, float]] = {}  # replica -> (seconds, as of)
+
+    def backlog_s(self, replica: str, now: float) -> float:
+        entry = self._backlog.get(replica)
+        if entry is None:
+            return 0.0
+        left = entry[0] - (now - entry[1])
+        return left if left > 0.0 else 0.0
+
+    def add(self, replica: str, uncached_tokens: int, now: float) -> None:
+        """A request with this many uncached prompt tokens was placed on `replica` at `now`."""
+        prefill = max(self._params.prefill_floor_s, uncached_tokens * self._params.prefill_s_per_token)
+        self._backlog[replica] = (self.backlog_s(replica, now) + prefill, now)
+
+    def forget(self, replica: str) -> None:
+        self._backlog.pop(replica, None)
