@@ -34,8 +34,11 @@ CATEGORIES: Final = ("llmdeploy", "ai")
 DEFAULT_RAY_VERSION: Final = "2.60.0"
 DEFAULT_SERVING_IMAGE: Final = "ghcr.io/llmdeploy/llmdeploy-serving:0.1.0"
 
-# A Kubernetes quantity such as "500m", "4", "16Gi".
-QUANTITY_PATTERN: Final = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# A non-negative Kubernetes quantity such as "500m", "4", "16Gi": the apiserver's own pattern
+# (as in KubeRay's CRD) without the sign, so nothing admitted here is refused in the RayService.
+QUANTITY_PATTERN: Final = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 # DNS-1123 subdomain, the rule for Secret names.
 SECRET_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
