@@ -248,6 +248,37 @@ def test_a_stream_is_stored_as_it_passes_and_replays_the_same_text(stack: Stack)
     assert post_chat(stack, chat_body("A fresh streamed prompt.")).json()["choices"][0]["message"]["content"] == text
 
 
+def sse_chunks(response: httpx.Response) -> list[dict[str, Any]]:
+    events = [line[len("data:") :].strip() for line in response.text.splitlines() if line.startswith("data:")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+def test_the_replayed_stream_has_the_shape_of_the_engines_stream(stack: Stack) -> None:
+    body = chat_body("Compare the stream shapes.", stream=True, stream_options={"include_usage": True})
+    real = post_chat(stack, body)
+    time.sleep(0.3)
+    replayed = post_chat(stack, body)
+    assert (real.headers["x-llmdeploy-cache"], replayed.headers["x-llmdeploy-cache"]) == ("miss", "hit")
+    assert real.headers["content-type"].startswith("text/event-stream")
+    assert replayed.headers["content-type"].startswith("text/event-stream")
+    real_chunks, replay_chunks = sse_chunks(real), sse_chunks(replayed)
+    for chunks in (real_chunks, replay_chunks):
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    # Every field the replay sends is one the engine's own chunks have.
+    real_keys = set().union(*(c.keys() for c in real_chunks))
+    real_choice_keys = set().union(*(ch.keys() for c in real_chunks for ch in c["choices"]))
+    assert set().union(*(c.keys() for c in replay_chunks)) <= real_keys
+    assert set().union(*(ch.keys() for c in replay_chunks for ch in c["choices"])) <= real_choice_keys
+
+    def text(chunks: list[dict[str, Any]]) -> str:
+        return "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+
+    assert text(replay_chunks) == text(real_chunks)
+
+
 def test_one_tenant_never_receives_another_tenants_entry(stack: Stack) -> None:
     body = chat_body("Tenant-scoped question.")
     a1 = post_chat(stack, body, auth(**{TENANT_HEADER: "a"}))
