@@ -211,6 +211,7 @@ def test_engine_arguments_are_mapped_by_vllm_names(tmp_path: Path) -> None:
         "revision": "abc123",
         "trust_remote_code": True,
         "disable_log_stats": False,
+        "enable_prompt_tokens_details": True,
     }
 
 

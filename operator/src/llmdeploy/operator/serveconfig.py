@@ -40,6 +40,11 @@ PRESETS: Final[dict[BatchingPreset, PresetValues]] = {
 }
 
 
+# vLLM 0.29's default KV block sizes (tokens): the router hashes prompts in the same blocks.
+ENGINE_BLOCK_SIZE_GPU: Final = 16
+ENGINE_BLOCK_SIZE_CPU: Final = 128
+
+
 def pvc_parts(source: str) -> tuple[str, str]:
     """`pvc://claim/sub/path` -> (`claim`, `sub/path`)."""
     claim, _, path = source.removeprefix("pvc://").partition("/")
@@ -137,6 +142,7 @@ def serving_args(spec: LLMDeploymentSpec, *, name: str, served_model_name: str) 
             prefix_aware=spec.routing.prefix_aware,
             max_load_ratio=spec.routing.max_load_ratio,
             index_max_blocks=spec.routing.index_max_blocks,
+            block_size=ENGINE_BLOCK_SIZE_CPU if spec.accelerator.type == AcceleratorType.CPU else ENGINE_BLOCK_SIZE_GPU,
         ),
         response_cache=sc.ResponseCacheArgs(
             enabled=cache.enabled,

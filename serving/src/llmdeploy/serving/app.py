@@ -23,9 +23,9 @@ The ingress is Ray Serve LLM's `OpenAiIngress`, subclassed so that an unknown mo
 OpenAI error body (see `OpenAiIngress` below) and, through `llmdeploy.serving.ingress`, to
 answer repeated requests from the response cache and to require API keys when configured;
 callers may pass another ingress class.
-Request routing stays Ray's default (power of two choices) and there is no response cache
-yet: `RouterArgs` and `ResponseCacheArgs` are validated here but wired in by the modules that
-implement them.
+With `router.prefix_aware`, the engine deployment's `request_router_config` names
+`llmdeploy.serving.routing.router:PrefixAwareRouter` (prefix-cache affinity within a load
+bound); otherwise Ray's default router (power of two choices) spreads requests.
 
 Checks that need the files of a model run where the engine runs, not where the application
 is built: in a RayService the builder runs on the head pod, while model volumes are mounted
@@ -67,6 +67,8 @@ INGRESS_CLS: Final = "llmdeploy.serving.app:OpenAiIngress"
 # The engine deployment of autoscaled replicas: Ray Serve LLM's LLMServer that also reports
 # vLLM's queue to the autoscaling policy (see `_llm_server_class`).
 ENGINE_SERVER_CLS: Final = "llmdeploy.serving.app:LLMServer"
+# The prefix-cache-aware request router of the engine deployment (see `request_router_config`).
+ROUTER_CLS: Final = "llmdeploy.serving.routing.router:PrefixAwareRouter"
 # Seconds from asking for a replica to its first request, by accelerator, unless the spec sets
 # autoscaling.coldStartSeconds: GPU pods pull an image, load weights and capture graphs
 # (minutes); the tiny CPU engine on a 2-core machine took 25-60 s in `test_autoscaling_engine`
@@ -191,6 +193,9 @@ def engine_kwargs(engine: EngineArgs, *, draft: ModelSource | None = None) -> di
         "trust_remote_code": engine.trust_remote_code,
         # Engine metrics (vllm:* → ray_vllm_*) need stats; Ray refuses the combination anyway.
         "disable_log_stats": False,
+        # Responses report `usage.prompt_tokens_details.cached_tokens`: the prefix cache at work,
+        # per request (an OpenAI frontend option; Ray Serve LLM passes it to vLLM's frontend).
+        "enable_prompt_tokens_details": True,
     }
     if engine.max_model_len is not None:
         kwargs["max_model_len"] = engine.max_model_len
@@ -322,6 +327,8 @@ def llm_config_kwargs(
             "raise_error_on_callback": True,
         },
     }
+    if args.router.prefix_aware:
+        kwargs["deployment_config"]["request_router_config"] = request_router_config(args, model=model)
     if accelerator is Accelerator.GPU and args.deployment.ray_accelerator_type is not None:
         kwargs["accelerator_type"] = args.deployment.ray_accelerator_type
     if args.deployment.autoscaling:
@@ -329,6 +336,25 @@ def llm_config_kwargs(
     if runtime_env:
         kwargs["runtime_env"] = dict(runtime_env)
     return kwargs
+
+
+def request_router_config(args: ServingArgs, *, model: ModelSource) -> dict[str, Any]:
+    """Ray Serve's `request_router_config` for prefix-aware routing (`routing.router`). Pure.
+
+    The router tokenizes prompts with the model's tokenizer: it loads it from where vLLM does
+    (`model.location`), or falls back to byte blocks where the files are not on its node.
+    """
+    router = args.router
+    return {
+        "request_router_class": ROUTER_CLS,
+        "request_router_kwargs": {
+            "block_size": router.block_size,
+            "max_load_ratio": router.max_load_ratio,
+            "index_max_blocks": router.index_max_blocks,
+            "tokenizer_source": model.location,
+            "trust_remote_code": args.engine.trust_remote_code,
+        },
+    }
 
 
 def unset_env(args: ServingArgs) -> list[str]:
