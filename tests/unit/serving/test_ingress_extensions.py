@@ -81,6 +81,9 @@ def test_redis_without_a_url_is_refused_with_what_to_set() -> None:
     )
     with pytest.raises(CacheConfigError, match="redisUrlSecret"):
         build_backend(options, environ={})
+    with pytest.raises(CacheConfigError, match=REDIS_URL_ENV) as refused:
+        build_backend(options, environ={REDIS_URL_ENV: "http://user:hunter2@redis:6379/0"})
+    assert "hunter2" not in str(refused.value)
 
 
 def test_cache_control_no_cache_bypasses() -> None:

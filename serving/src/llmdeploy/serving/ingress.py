@@ -119,7 +119,13 @@ def build_backend(options: IngressOptions, environ: dict[str, str] | None = None
                 f"responseCache.backend is redis but ${args.redis_url_env} is empty; "
                 "set responseCache.redisUrlSecret to a Secret key holding the Redis URL"
             )
-        return RedisBackend(url, namespace=options.name, max_entries=args.max_entries)
+        try:
+            return RedisBackend(url, namespace=options.name, max_entries=args.max_entries)
+        except ValueError:
+            # The message may quote the URL, which may hold a password: name the variable instead.
+            raise CacheConfigError(
+                f"${args.redis_url_env} is not a Redis URL; expected redis://[user:password@]host:port/db"
+            ) from None
     if options.shared_memory:
         from llmdeploy.serving.cache.shared import SharedMemoryBackend
 
