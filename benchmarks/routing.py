@@ -63,7 +63,7 @@ vLLM's `prefix_cache_hits / prefix_cache_queries`), as a fraction of the ceiling
 requests per replica, TTFT p50/p99 (arrival to the end of the step that finishes its prefill,
 router queueing included), and ours' decision latency p50/p99.
 
-    .venv/bin/python benchmarks/routing.py [--quick] [--seed 11] [--traces hot-prompt,unique]
+    .venv/bin/python benchmarks/routing.py [--quick] [--seeds 11,12,13] [--traces hot-prompt,unique]
 
 Writes benchmarks/results/routing.json and benchmarks/results/routing.png.
 """
@@ -76,6 +76,7 @@ import gc
 import heapq
 import math
 import random
+import statistics
 import sys
 import time
 from collections import OrderedDict, deque
@@ -643,6 +644,28 @@ def run(trace: Trace, make: Callable[[list[Replica]], Policy], setup: Setup, cei
 EXTRA_POLICIES = ("ours-no-backlog",)
 
 
+def median_result(runs: list[RunResult], seeds: Sequence[int]) -> RunResult:
+    """Each figure's median over seeds; per-seed details stay in `extra`."""
+
+    def med(values: list[Any]) -> Any:
+        present = [v for v in values if v is not None]
+        return round(float(statistics.median(present)), 4) if present else None
+
+    first = runs[0]
+    numeric = {
+        k: med([getattr(r, k) for r in runs])
+        for k in asdict(first)
+        if k not in ("trace", "policy", "extra", "requests")
+    }
+    return RunResult(
+        trace=first.trace,
+        policy=first.policy,
+        requests=int(statistics.median(r.requests for r in runs)),
+        extra={"seeds": {str(s): r.extra for s, r in zip(seeds, runs, strict=True)}},
+        **numeric,
+    )
+
+
 def policies(setup: Setup, seed: int, ray_thresholds: Sequence[float]) -> dict[str, Callable[[list[Replica]], Policy]]:
     out: dict[str, Callable[[list[Replica]], Policy]] = {
         "round-robin": lambda _: RoundRobin(seed),
@@ -748,7 +771,7 @@ def _shown(path: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small traces (a few seconds; for tests)")
-    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--seeds", default="11", help="comma-separated seeds; figures are medians over them")
     parser.add_argument("--traces", default="", help="comma-separated trace names (default: all)")
     parser.add_argument("--replicas", type=int, default=Setup.replicas)
     parser.add_argument("--cache-blocks", type=int, default=Setup.cache_blocks, help="prefix-cache blocks per replica")
@@ -776,37 +799,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_load_ratio=opts.max_load_ratio,
     )
     thresholds = [math.inf, *(opts.ray_imbalanced_threshold if opts.ray_imbalanced_threshold is not None else [20.0])]
-    default_policies = [p for p in policies(setup, opts.seed, thresholds) if p not in EXTRA_POLICIES]
-    traces = make_traces(opts.seed, scale, setup.block_size)
-    if opts.traces:
-        wanted = set(opts.traces.split(","))
-        traces = [t for t in traces if t.name in wanted]
-    results: dict[str, dict[str, RunResult]] = {}
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    default_policies = [p for p in policies(setup, seeds[0], thresholds) if p not in EXTRA_POLICIES]
+    wanted = opts.policies.split(",") if opts.policies else default_policies
+    per_seed: dict[int, dict[str, dict[str, RunResult]]] = {}
+    ceiling_rates: dict[str, list[float]] = {}
+    descriptions: dict[str, str] = {}
+    for seed in seeds:
+        traces = make_traces(seed, scale, setup.block_size)
+        if opts.traces:
+            traces = [t for t in traces if t.name in set(opts.traces.split(","))]
+        per_seed[seed] = {}
+        for trace in traces:
+            descriptions[trace.name] = trace.description
+            ceiling_tokens = sum(ceiling_hits(trace)) * setup.block_size
+            prompt_tokens = sum(r.prompt_len for r in trace.requests)
+            ceiling_rates.setdefault(trace.name, []).append(ceiling_tokens / prompt_tokens)
+            per_seed[seed][trace.name] = {}
+            for name, make in policies(setup, seed, thresholds).items():
+                if name not in wanted:
+                    continue
+                t0 = time.monotonic()
+                per_seed[seed][trace.name][name] = run(trace, make, setup, ceiling_tokens)
+                print(f"  seed {seed} {trace.name:15s} {name:18s} {time.monotonic() - t0:5.1f} s", file=sys.stderr)
+    results = {
+        trace: {name: median_result([per_seed[s][trace][name] for s in seeds], seeds) for name in by_policy}
+        for trace, by_policy in per_seed[seeds[0]].items()
+    }
+    ceilings = {trace: {"hit_rate": round(statistics.median(v), 4)} for trace, v in ceiling_rates.items()}
     rows = []
-    ceilings: dict[str, dict[str, float]] = {}
-    for trace in traces:
-        ceiling = ceiling_hits(trace)
-        ceiling_tokens = sum(ceiling) * setup.block_size
-        prompt_tokens = sum(r.prompt_len for r in trace.requests)
-        ceilings[trace.name] = {"hit_rate": round(ceiling_tokens / prompt_tokens, 4), "prompt_tokens": prompt_tokens}
-        results[trace.name] = {}
-        for name, make in policies(setup, opts.seed, thresholds).items():
-            if name not in (opts.policies.split(",") if opts.policies else default_policies):
-                continue
-            t0 = time.monotonic()
-            res = run(trace, make, setup, ceiling_tokens)
-            results[trace.name][name] = res
-            rows.append(res.row())
-            print(f"  {trace.name:15s} {name:18s} {time.monotonic() - t0:5.1f} s", file=sys.stderr)
-        rows.append(
-            {
-                "trace": trace.name,
-                "policy": "ceiling",
-                "hit_rate": ceilings[trace.name]["hit_rate"],
-                "hit_of_ceiling": 1.0 if ceiling_tokens else "-",
-                "requests": len(trace.requests),
-            }
-        )
+    for trace, by_policy in results.items():
+        rows += [res.row() for res in by_policy.values()]
+        rate = ceilings[trace]["hit_rate"]
+        rows.append({"trace": trace, "policy": "ceiling", "hit_rate": rate, "hit_of_ceiling": 1.0 if rate else "-"})
     columns = [
         "trace",
         "policy",
@@ -830,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = None if opts.no_plot else plot(results, RESULTS / f"{opts.out}.png")
     payload = {
         "benchmark": "routing",
-        "seed": opts.seed,
+        "seeds": seeds,
+        "statistic": "median over seeds" if len(seeds) > 1 else "one seed",
         "quick": opts.quick,
         "wall_s": round(time.monotonic() - started, 1),
         "model": "Llama-3-8B-shaped bf16 on one H100 per replica (cost model: shared/measurements/h100-costmodel.json)",
@@ -844,11 +870,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "do_eviction": False,
         },
         "traces": {
-            t.name: {"description": t.description, "requests": len(t.requests), "ceiling": ceilings[t.name]}
-            for t in traces
+            name: {
+                "description": descriptions[name],
+                "requests": next(iter(results[name].values())).requests if results[name] else None,
+                "ceiling": ceilings[name],
+            }
+            for name in results
         },
         "rows": rows,
         "results": {trace: {p: asdict(r) for p, r in by.items()} for trace, by in results.items()},
+        "per_seed": {
+            str(seed): {trace: {p: r.row() for p, r in by.items()} for trace, by in by_trace.items()}
+            for seed, by_trace in per_seed.items()
+        },
         "goals": [{"goal": text, "met": ok, "detail": detail} for text, ok, detail in goals],
         "plot": None if png is None else _shown(png),
     }

@@ -35,12 +35,12 @@ def test_routing_simulation_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             assert 0.0 <= res["hit_rate"] <= ceiling + 1e-9, (trace, policy)
             assert res["ttft_p50_ms"] <= res["ttft_p99_ms"]
             assert res["load_max_mean"] >= 1.0
-            assert sum(res["extra"]["routed"]) == res["requests"]
+            assert sum(res["extra"]["seeds"]["11"]["routed"]) == res["requests"]
         for name in ("ours", "ours-stride4"):
             ours = by_policy[name]
             assert ours["decision_p50_us"] is not None and ours["decision_p99_us"] is not None
             # The index was full before the first decision and stays at its limit.
-            assert ours["extra"]["index_entries"] == data["setup"]["index_blocks"]
+            assert ours["extra"]["seeds"]["11"]["index_entries"] == data["setup"]["index_blocks"]
     assert data["traces"]["unique"]["ceiling"]["hit_rate"] == 0.0
     assert all(r["hit_rate"] == 0.0 for r in data["results"]["unique"].values())
     # Reuse exists where the traces say it does.
