@@ -10,6 +10,7 @@ memory, that tensor parallelism divides the attention heads, and the form of mod
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -237,10 +238,22 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> list[
     return lines
 
 
+def _jsonable(value: Any) -> Any:
+    """What kubectl sends for YAML values JSON lacks (an unquoted date is a string there)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    return str(value)
+
+
 def parse_spec(raw: Mapping[str, Any]) -> tuple[LLMDeploymentSpec, Report]:
     """Parse and check a spec; raise `SpecError` listing every problem, one line each."""
     try:
-        spec = LLMDeploymentSpec.model_validate(dict(raw))
+        # Strict JSON mode, as the API server types the object: "3" or true is not an integer
+        # there, so `render` and `serve` must not accept it either (lax mode would).
+        text = json.dumps(raw, default=_jsonable)
+        spec = LLMDeploymentSpec.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc)) from exc
     report = check_spec(spec)
