@@ -60,7 +60,7 @@ Traces (seeded; arrivals Poisson unless said):
 
 Reported per trace and policy: prefix-token hit rate (cached prompt tokens / prompt tokens, as
 vLLM's `prefix_cache_hits / prefix_cache_queries`), as a fraction of the ceiling, max/mean
-requests per replica, TTFT p50/p99 (arrival to the end of the step that finishes its prefill,
+requests per replica (and max/mean engine-busy seconds), TTFT p50/p99 (arrival to the end of the step that finishes its prefill,
 router queueing included), and ours' decision latency p50/p99.
 
     .venv/bin/python benchmarks/routing.py [--quick] [--seeds 11,12,13] [--traces hot-prompt,unique]
