@@ -25,7 +25,9 @@ def test_a_repeat_goes_where_its_prefix_was_placed() -> None:
 
     decision = v.decide(HASHES, {"a": 0, "b": 0, "c": 0}, now=100.0)
 
-    assert (decision.replica, decision.affinity, decision.matched_blocks) == ("b", True, len(HASHES))
+    # The index keeps every fourth 16-token block: matches are known to within 64 tokens.
+    assert v.index.stride == 4
+    assert (decision.replica, decision.affinity, decision.matched_blocks) == ("b", True, 8)
 
 
 def test_an_overloaded_holder_loses_the_request_to_an_idle_replica() -> None:
@@ -57,6 +59,10 @@ def test_placements_go_to_the_outbox_and_back_after_a_failed_exchange() -> None:
 
     assert [replica for replica, _ in v.take_outbox()] == ["a", "b"]
     assert v.take_outbox() == []
+
+
+def test_cpu_sized_blocks_are_all_indexed() -> None:
+    assert RoutingView(RoutingParams(block_size=128), max_blocks=1024).index.stride == 1
 
 
 def test_the_outbox_is_bounded() -> None:

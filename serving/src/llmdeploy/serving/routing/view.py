@@ -17,6 +17,10 @@ from llmdeploy.serving.routing.shared import Placement
 
 # Placements kept for the shared log while it is unreachable; older ones are dropped.
 MAX_OUTBOX: Final = 10_000
+# The index keeps one entry per this many prompt tokens (at least every block): with GPU blocks
+# of 16 tokens every fourth block, which keeps decisions within the latency goal at 100k
+# entries (benchmarks/routing.py) and loses nothing that matters to a cost of whole prefills.
+INDEX_GRANULARITY_TOKENS: Final = 64
 # Replicas remembered as gone, so a late placement from another router does not revive them.
 MAX_FORGOTTEN: Final = 1_024
 
@@ -24,7 +28,7 @@ MAX_FORGOTTEN: Final = 1_024
 class RoutingView:
     def __init__(self, params: RoutingParams, max_blocks: int, *, seed: int | None = None) -> None:
         self.params = params
-        self.index = PrefixIndex(max_blocks)
+        self.index = PrefixIndex(max_blocks, stride=max(1, INDEX_GRANULARITY_TOKENS // params.block_size))
         self.backlog = PrefillBacklog(params)
         self._rng = random.Random(seed)
         self._outbox: deque[Placement] = deque(maxlen=MAX_OUTBOX)
