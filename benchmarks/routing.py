@@ -12,9 +12,10 @@ simulated vLLM replicas of a Llama-3-8B-shaped model on one H100 each. What is r
   before each trace, so every decision is timed against a full index; `match` + `choose` +
   `insert` (and the backlog) are timed with `time.perf_counter_ns`. If the chosen replica is
   full (`max_ongoing_requests`), the request goes to the least loaded one with room, as Ray
-  does with the router's second rank. `ours-stride4` is the same with `PrefixIndex(stride=4)`
-  (every fourth block indexed); `--policies ours-no-backlog` runs the ablation without the
-  backlog term.
+  does with the router's second rank. The index keeps every fourth 16-token block, as the
+  router does (`RoutingView`: one entry per 64 prompt tokens); `ours-stride4` names that
+  stride explicitly and `--index-stride 1` runs the exact index; `--policies
+  ours-no-backlog` runs the ablation without the backlog term.
 - **Ray's `PrefixCacheAffinityRouter`** is its logic with Ray's own `PrefixTree` (the class
   inside its tree actor, `ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree`),
   with the kwargs Ray Serve LLM uses when it is named without any (its `initialize_state`
@@ -60,8 +61,8 @@ Traces (seeded; arrivals Poisson unless said):
 
 Reported per trace and policy: prefix-token hit rate (cached prompt tokens / prompt tokens, as
 vLLM's `prefix_cache_hits / prefix_cache_queries`), as a fraction of the ceiling, max/mean
-requests per replica (and max/mean engine-busy seconds), TTFT p50/p99 (arrival to the end of the step that finishes its prefill,
-router queueing included), and ours' decision latency p50/p99.
+requests per replica (and max/mean engine-busy seconds), TTFT p50/p99 (arrival to the end of
+the step that finishes its prefill, router queueing included), and ours' decision latency p50/p99.
 
     .venv/bin/python benchmarks/routing.py [--quick] [--seeds 11,12,13] [--traces hot-prompt,unique]
 
@@ -91,8 +92,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import RESULTS, table, write
 
-from llmdeploy.serving.routing.index import DEFAULT_STRIDE, PrefixIndex, block_hashes
+from llmdeploy.serving.routing.index import PrefixIndex, block_hashes
 from llmdeploy.serving.routing.policy import PrefillBacklog, ReplicaLoad, RoutingParams, choose
+from llmdeploy.serving.routing.view import INDEX_GRANULARITY_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +113,9 @@ class Setup:
     max_num_batched_tokens: int = 4_096
     max_ongoing_requests: int = 256
     index_blocks: int = 100_000
-    index_stride: int = DEFAULT_STRIDE
+    # The router's rule (`RoutingView`): one index entry per 64 prompt tokens, so every
+    # fourth 16-token block.
+    index_stride: int = max(1, INDEX_GRANULARITY_TOKENS // 16)
     max_load_ratio: float = 1.5
 
 

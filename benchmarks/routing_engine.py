@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -170,12 +171,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--kv-mib", type=int, default=12, help="KV cache per replica (MiB); default holds about 4 prefixes"
+        "--kv-mib", type=int, default=24, help="KV cache per replica (MiB); default holds about 4 prefixes"
     )
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--out", default="routing_engine")
     options = parser.parse_args(argv)
 
+    # One model build for all the stacks (each stack otherwise caches in its own folder).
+    os.environ.setdefault(tinymodel.MODEL_CACHE_ENV, str(tinymodel.default_cache_dir()))
     model_dir = tinymodel.ensure_tiny_model(MODEL)
     from transformers import AutoTokenizer
 
