@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
 import time
 import urllib.request
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from llmdeploy.serving.config import APPLICATION_NAME, ServingArgs
+from llmdeploy.testing.operator_process import free_port
 
 # Offline, no telemetry; two engines share the cores instead of both pinning core 0.
 ENGINE_ENV: Final = {
@@ -44,13 +44,6 @@ class LocalStack:
     @property
     def openai_url(self) -> str:
         return f"{self.base_url}/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serving_args_from_manifest(text: str) -> ServingArgs:
