@@ -22,7 +22,7 @@ import pytest
 
 from llmdeploy.testing.kubeapi import KubeAPI
 
-from ..chart.helm import render
+from ..chart.helm import NAMESPACE, render
 from .conftest import LLMD, RAYSERVICES, OperatorProcess, llmdeployment, wait_for
 
 pytestmark = pytest.mark.integration
@@ -243,4 +243,38 @@ def test_watch_namespaces_rbac_grants_exactly_what_the_operator_uses(
     assert _status(kube, "outside", "elsewhere") == {}, "an unwatched namespace was reconciled"
     calls = operator_calls(kube)
     assert all(c.namespace in (None, "default") for c in calls), calls
+    assert_covered(calls, grants)
+
+
+@pytest.fixture
+def elected_operator(kube: KubeAPI, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """`llmdeploy operator --leader-elect` in the release namespace, as the chart runs it."""
+    kube.ensure_namespace(NAMESPACE)
+    proc = OperatorProcess(
+        tmp_path / "kubeconfig",
+        tmp_path / "operator.log",
+        extra_args=("--leader-elect",),
+        # Renew quickly, so the scenario sees every Lease verb (read, create, renew).
+        extra_env={"POD_NAME": "operator-0", "POD_NAMESPACE": NAMESPACE, "LLMDEPLOY_LEASE_RENEW_S": "0.5"},
+    )
+    proc.start()
+    wait_for(
+        lambda: any(r.verb == "watch" and r.resource == "llmdeployments" for r in kube.requests),
+        what="the elected operator to start watching",
+        timeout=60,
+        operator=proc,
+    )
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.output, proc.output[-4000:]
+
+
+def test_leader_election_rbac_grants_exactly_what_the_operator_uses(
+    kube: KubeAPI, elected_operator: OperatorProcess
+) -> None:
+    grants = chart_grants(set_values=("leaderElection.enabled=true",))
+    assert set(grants.namespaced) == {NAMESPACE}, "the Lease is granted only in the release namespace"
+    run_scenario(kube, elected_operator)
+    calls = operator_calls(kube)
+    assert {c.namespace for c in calls if c.group == "coordination.k8s.io"} == {NAMESPACE}
     assert_covered(calls, grants)

@@ -134,6 +134,16 @@ namespaces are watched, else in a Role per watched namespace.
 {{- end }}
 
 {{/*
+RBAC rules for `--leader-elect`: the Lease in the release namespace.
+*/}}
+{{- define "llmdeploy-operator.rules.leaderElection" -}}
+# Read the Lease, create it once, renew or take it over (replace with a resourceVersion).
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+{{- end }}
+
+{{/*
 RBAC rules on cluster-scoped resources kopf observes. Without them kopf falls back to a
 startup-only scan and logs a warning; with them a RayService CRD installed after the operator
 (KubeRay installed later) is noticed without a restart.

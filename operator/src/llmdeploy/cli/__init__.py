@@ -142,13 +142,36 @@ def serve(file: str | None, port: int, host: str, metrics_port: int, verbose: bo
     show_default=True,
     help="plain: readable lines prefixed with [namespace/name]; json: one object per line, with `object`.",
 )
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help=(
+        "Act only while holding a coordination.k8s.io Lease (in $POD_NAMESPACE, default `default`), "
+        "so that of several replicas exactly one reconciles; the others wait and take over."
+    ),
+)
+@click.option("--lease-name", default="llmdeploy-operator", show_default=True, help="Name of the Lease.")
 def operator_command(
-    namespaces: tuple[str, ...], standalone: bool, liveness: str, verbose: bool, log_format: str
+    namespaces: tuple[str, ...],
+    standalone: bool,
+    liveness: str,
+    verbose: bool,
+    log_format: str,
+    leader_elect: bool,
+    lease_name: str,
 ) -> None:
     """Run the operator (kopf) against the current cluster."""
+    from llmdeploy.operator.leader import LeaseConfig
     from llmdeploy.operator.runner import run
 
-    run(namespaces=namespaces, standalone=standalone, liveness=liveness, verbose=verbose, log_format=log_format)
+    run(
+        namespaces=namespaces,
+        standalone=standalone,
+        liveness=liveness,
+        verbose=verbose,
+        log_format=log_format,
+        leader_election=LeaseConfig.from_env(name=lease_name) if leader_elect else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

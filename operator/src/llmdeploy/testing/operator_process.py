@@ -28,6 +28,8 @@ class OperatorProcess:
         dashboard_url_template: str = "",
         verbose: bool = True,
         log_format: str = "plain",
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
@@ -42,13 +44,15 @@ class OperatorProcess:
         self.metrics_port = metrics_port
         self.verbose = verbose
         self.log_format = log_format
+        self.extra_args = extra_args
+        self.env.update(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "llmdeploy.cli", "operator", "--standalone", "--liveness", ""]
         if self.verbose:
             cmd.append("--verbose")
-        cmd += ["--log-format", self.log_format]
+        cmd += ["--log-format", self.log_format, *self.extra_args]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
 
