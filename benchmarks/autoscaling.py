@@ -107,6 +107,8 @@ RECORD_FACTOR = 0.2
 GRACEFUL_SHUTDOWN_S = 20.0
 COLD_START_RANGE_S = (60.0, 180.0)
 TIMELINE_STEP_S = 10.0
+# The JSON keeps the timelines at a minute's resolution (the plots use every step).
+JSON_TIMELINE_EVERY = 6
 # Ray's `target_ongoing_requests` values swept for the tuned baseline and the equal-SLO comparison
 # (132 is the batch plus the queue target, "ray-default").
 RAY_TARGETS = (16.0, 24.0, 32.0, 40.0, 48.0, 64.0, 96.0, 132.0)
@@ -1042,6 +1044,14 @@ def check_goals(results: dict[str, dict[str, RunResult]]) -> list[tuple[str, boo
     return goals
 
 
+def coarse(timeline: dict[str, list[float]], every: int = JSON_TIMELINE_EVERY) -> dict[str, list[float]]:
+    """A timeline at a coarser step for the JSON: samples every `every`th step, misses summed."""
+    out = {key: values[::every] for key, values in timeline.items() if key != "misses"}
+    misses = timeline.get("misses", [])
+    out["misses"] = [sum(misses[i : i + every]) for i in range(0, len(misses), every)]
+    return out
+
+
 def sweep_rows(results: dict[str, dict[str, RunResult]]) -> list[dict[str, Any]]:
     rows = []
     for trace, by_policy in results.items():
@@ -1155,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goals": [{"goal": text, "met": ok, "detail": detail} for text, ok, detail in goals],
         "plots": plots,
         "timelines": {
-            trace: {policy: by_policy[policy].timeline for policy in MAIN_POLICIES}
+            trace: {policy: coarse(by_policy[policy].timeline) for policy in MAIN_POLICIES}
             for trace, by_policy in results.items()
         },
         "decisions": {
