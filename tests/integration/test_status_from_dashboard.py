@@ -1,6 +1,6 @@
 """The status follows the Serve application as the Ray head reports it (replica counts, queue
 depth, scaling history), read by the real operator from an HTTP server that answers like the
-head service's dashboard (Ray 2.60's payload: `autoscaling_detail` is null) and its metrics
+head service's dashboard (Ray 2.60's payload: no `autoscaling_detail`) and its metrics
 port (the policy's queue-depth gauge)."""
 
 from __future__ import annotations

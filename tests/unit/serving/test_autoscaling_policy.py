@@ -394,7 +394,7 @@ def test_spec_rejects_a_cold_start_out_of_bounds() -> None:
     from llmdeploy.operator.api import LLMDeploymentSpec
 
     body = {"model": {"source": "org/m-7B"}, "accelerator": {"type": "nvidia-l4"}}
-    with pytest.raises(ValidationError, match="cold_?[sS]tart"):
+    with pytest.raises(ValidationError, match=r"cold_?[sS]tart"):
         LLMDeploymentSpec.model_validate({**body, "autoscaling": {"coldStartSeconds": 0}})
 
 

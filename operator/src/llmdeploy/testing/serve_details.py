@@ -1,9 +1,9 @@
 """Answers of the Ray dashboard's Serve API (`ServeInstanceDetails`), built for tests.
 
 The shape is Ray Serve 2.60's (a unit test validates it against `ray.serve.schema`, and the
-engine test runs the same parsers on the real stack's answer). Ray 2.60 sends
-`autoscaling_detail: null` for every deployment; pass `decisions` or `metrics` only to exercise
-the path for a Ray that fills it."""
+engine test runs the same parsers on the real stack's answer and checks these keys against it).
+Ray 2.60 leaves `autoscaling_detail` out of every deployment; pass `decisions` or `metrics` only
+to exercise the path for a Ray that fills it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def serve_details(
         }
         for i, s in enumerate(states)
     ]
-    engine = {
+    engine: dict[str, Any] = {
         "name": "LLMServer:tiny",
         "status": "HEALTHY",
         "status_trigger": "CONFIG_UPDATE_COMPLETED",
@@ -43,18 +43,17 @@ def serve_details(
         "target_num_replicas": target,
         "required_resources": {},
         "replicas": replicas,
-        "autoscaling_detail": None
-        if decisions is None and metrics is None
-        else {
+    }
+    ingress = {**engine, "name": "OpenAiIngress", "replicas": replicas[:1]}
+    if decisions is not None or metrics is not None:
+        engine["autoscaling_detail"] = {
             "scaling_status": "STABLE",
             "decisions": [
                 {"timestamp_s": t, "prev_num_replicas": a, "curr_num_replicas": b, "reason": r}
                 for t, a, b, r in decisions or []
             ],
             "metrics": metrics,
-        },
-    }
-    ingress = {**engine, "name": "OpenAiIngress", "replicas": replicas[:1], "autoscaling_detail": None}
+        }
     return {
         "controller_info": {},
         "proxy_location": "EveryNode",
