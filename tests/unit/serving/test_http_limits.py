@@ -1,0 +1,84 @@
+"""The ingress's HTTP limits middleware, on a real Starlette app through httpx's ASGI transport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from llmdeploy.serving.http_limits import HTTPLimits
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"bytes": len(body)})
+
+
+async def shed(_: Request) -> JSONResponse:
+    return JSONResponse({"error": {"message": "busy"}}, status_code=503)
+
+
+async def shed_with_header(_: Request) -> JSONResponse:
+    return JSONResponse({"error": {"message": "busy"}}, status_code=429, headers={"Retry-After": "7"})
+
+
+def _client(limit: int = 1024) -> httpx.AsyncClient:
+    app = Starlette(
+        routes=[
+            Route("/echo", echo, methods=["POST"]),
+            Route("/shed", shed, methods=["POST"]),
+            Route("/shed-header", shed_with_header, methods=["POST"]),
+        ]
+    )
+    wrapped = HTTPLimits(app, max_body_bytes=limit, retry_after_s=2)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://test")
+
+
+async def test_bodies_within_the_limit_pass_untouched() -> None:
+    async with _client() as client:
+        response = await client.post("/echo", content=b"x" * 1024)
+    assert response.status_code == 200
+    assert response.json() == {"bytes": 1024}
+
+
+async def test_a_declared_oversized_body_is_refused_with_an_openai_error() -> None:
+    async with _client() as client:
+        response = await client.post("/echo", content=b"x" * 1025)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert "1024 bytes" in error["message"] and error["type"] == "invalid_request_error"
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 200
+
+    async with _client() as client:
+        response = await client.post("/echo", content=chunks())  # chunked: no Content-Length
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == 413
+
+
+@pytest.mark.parametrize(("path", "retry_after"), [("/shed", "2"), ("/shed-header", "7")])
+async def test_shed_answers_carry_retry_after(path: str, retry_after: str) -> None:
+    async with _client() as client:
+        response = await client.post(path, content=b"{}")
+    assert response.status_code in (429, 503)
+    assert response.headers["retry-after"] == retry_after
+
+
+async def test_other_answers_get_no_retry_after() -> None:
+    async with _client() as client:
+        response = await client.post("/echo", content=b"{}")
+    assert "retry-after" not in response.headers
+
+
+def test_a_non_positive_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        HTTPLimits(echo, max_body_bytes=0)  # type: ignore[arg-type]
