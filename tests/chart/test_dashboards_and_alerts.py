@@ -38,6 +38,7 @@ EXPECTED_ALERTS: Final = frozenset(
         "LLMDeploymentQueueAboveTarget",
         "LLMDeployOperatorReconcileErrors",
         "LLMDeployOperatorDown",
+        "LLMDeploymentResponseCacheBackendDown",
     }
 )
 SEVERITIES: Final = frozenset({"critical", "warning", "info"})
@@ -560,6 +561,7 @@ def test_alert_durations_match_the_issue() -> None:
         "LLMDeploymentQueueAboveTarget": "15m",
         "LLMDeployOperatorReconcileErrors": "10m",
         "LLMDeployOperatorDown": "5m",
+        "LLMDeploymentResponseCacheBackendDown": "5m",
     }
 
 
