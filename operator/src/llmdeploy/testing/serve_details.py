@@ -30,7 +30,6 @@ def serve_details(
             "start_time_s": 1.0,
             "log_file_path": None,
             "worker_id": "w",
-            "actor_class_name": "LLMServer",
         }
         for i, s in enumerate(states)
     ]
