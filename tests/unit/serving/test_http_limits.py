@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -82,3 +83,34 @@ async def test_other_answers_get_no_retry_after() -> None:
 def test_a_non_positive_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_body_bytes"):
         HTTPLimits(echo, max_body_bytes=0)  # type: ignore[arg-type]
+
+
+async def fastapi_style(_: Request) -> JSONResponse:
+    return JSONResponse({"detail": "There was an error parsing the body"}, status_code=400)
+
+
+async def validation_style(_: Request) -> JSONResponse:
+    detail = [{"loc": ["body", "messages"], "msg": "Field required", "type": "missing"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def already_openai(_: Request) -> JSONResponse:
+    return JSONResponse({"error": {"message": "model x not found", "type": "NotFoundError", "code": 404}}, 404)
+
+
+@pytest.mark.parametrize(
+    ("handler", "status", "message"),
+    [
+        (fastapi_style, 400, "There was an error parsing the body"),
+        (validation_style, 422, "messages: Field required"),
+        (already_openai, 404, "model x not found"),
+    ],
+)
+async def test_every_4xx_json_answer_has_the_openai_error_shape(handler: Any, status: int, message: str) -> None:
+    app = HTTPLimits(Starlette(routes=[Route("/x", handler, methods=["POST"])]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post("/x", content=b"{")
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] == message
+    assert int(response.headers["content-length"]) == len(response.content)

@@ -4,8 +4,11 @@ Neither Ray Serve's proxy nor Starlette bounds a request body: a client can send
 megabytes that the ingress reads into memory and the engine then tokenizes before refusing the
 prompt as too long. `HTTPLimits` refuses a body over `max_body_bytes` with 413 and an OpenAI
 error body, from the `Content-Length` header when there is one and by counting the bytes as
-they stream in otherwise (chunked uploads). It also adds `Retry-After` to 503 and 429 answers
-that lack one (load shedding), so clients back off instead of retrying at once.
+they stream in otherwise (chunked uploads). It adds `Retry-After` to 503 and 429 answers that
+lack one (load shedding), so clients back off instead of retrying at once. And it gives every
+4xx JSON answer OpenAI's error shape: FastAPI's own answer to a body it cannot parse
+(malformed JSON, invalid UTF-8, a wrong content type) is `{"detail": ...}`, which OpenAI
+clients do not read.
 
 Wiring (the ingress owns it): wrap the ingress's FastAPI app, e.g.
 `app.add_middleware(HTTPLimits, max_body_bytes=DEFAULT_MAX_BODY_BYTES)`.
@@ -76,8 +79,11 @@ class HTTPLimits:
                     return {"type": "http.disconnect"}
             return message
 
+        held: Message | None = None  # the start of a 4xx answer whose body may need rewriting
+        chunks: list[bytes] = []
+
         async def tagged_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, held
             if cut:
                 return
             if message["type"] == "http.response.start":
@@ -87,6 +93,21 @@ class HTTPLimits:
                     if not any(name.lower() == b"retry-after" for name, _ in headers):
                         headers.append((b"retry-after", self.retry_after))
                     message["headers"] = headers
+                if 400 <= message["status"] < 500 and _is_json(message):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                chunks.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                start, held = held, None
+                body = as_openai_error(b"".join(chunks), start["status"])
+                start["headers"] = [
+                    (k, str(len(body)).encode() if k.lower() == b"content-length" else v) for k, v in start["headers"]
+                ]
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                return
             await send(message)
 
         try:
@@ -107,6 +128,39 @@ class HTTPLimits:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def as_openai_error(body: bytes, status: int) -> bytes:
+    """A 4xx JSON body in OpenAI's error shape: kept if it is one, else its detail wrapped.
+
+    FastAPI answers a body it cannot parse (malformed JSON, invalid UTF-8, a wrong content
+    type) with `{"detail": ...}`; OpenAI clients look for `error.message`.
+    """
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = body.decode("utf-8", errors="replace")
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return body
+    detail = parsed.get("detail", parsed) if isinstance(parsed, dict) else parsed
+    if isinstance(detail, list):  # pydantic's list of problems, one line each
+        detail = "; ".join(_problem_text(item) for item in detail)
+    message = detail if isinstance(detail, str) else json.dumps(detail)
+    return openai_error(message or f"HTTP {status}", type_="invalid_request_error", code=status)
+
+
+def _problem_text(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+    return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", item))
+
+
+def _is_json(start: Message) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.split(b";")[0].strip().lower() == b"application/json"
+        for name, value in start.get("headers", [])
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
