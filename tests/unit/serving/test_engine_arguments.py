@@ -507,3 +507,40 @@ def test_no_ray_cluster_was_started() -> None:
     import ray
 
     assert not ray.is_initialized()
+
+
+# --- request routing ---------------------------------------------------------------------
+
+
+def test_prefix_aware_routing_names_the_router_with_the_spec_knobs_and_the_model_tokenizer(tmp_path: Path) -> None:
+    args = make_args()
+
+    router = config_kwargs(args, tmp_path)["deployment_config"]["request_router_config"]
+
+    assert router["request_router_class"] == app.ROUTER_CLS
+    kwargs = router["request_router_kwargs"]
+    assert kwargs["max_load_ratio"] == 1.5 and kwargs["index_max_blocks"] == 100_000
+    assert kwargs["block_size"] == args.router.block_size
+    assert kwargs["tokenizer_source"] == str(tinymodel.model_path("tiny", tmp_path))
+
+
+def test_the_router_cost_model_follows_the_accelerator(tmp_path: Path) -> None:
+    cpu = config_kwargs(make_args(), tmp_path)["deployment_config"]["request_router_config"]
+    gpu = config_kwargs(make_args(deployment={"accelerator": Accelerator.GPU}), tmp_path)["deployment_config"][
+        "request_router_config"
+    ]
+
+    # A CPU prefill weighs more against a queued request than a GPU's: affinity pays off sooner.
+    def tokens_per_queued_request(config: dict[str, Any]) -> float:
+        kwargs = config["request_router_kwargs"]
+        return float(kwargs["queue_s_per_request"] / kwargs["prefill_s_per_token"])
+
+    assert tokens_per_queued_request(cpu) < tokens_per_queued_request(gpu)
+
+
+def test_without_prefix_awareness_ray_routes_by_load(tmp_path: Path) -> None:
+    args = make_args().model_copy(
+        update={"router": RouterArgs(prefix_aware=False, max_load_ratio=1.5, index_max_blocks=1024)}
+    )
+
+    assert "request_router_config" not in config_kwargs(args, tmp_path)["deployment_config"]

@@ -69,6 +69,17 @@ INGRESS_CLS: Final = "llmdeploy.serving.app:OpenAiIngress"
 ENGINE_SERVER_CLS: Final = "llmdeploy.serving.app:LLMServer"
 # The prefix-cache-aware request router of the engine deployment (see `request_router_config`).
 ROUTER_CLS: Final = "llmdeploy.serving.routing.router:PrefixAwareRouter"
+# The router's cost model (`routing.policy.RoutingParams`) by accelerator: seconds per uncached
+# prompt token, the least a prefill takes, and what each ongoing request adds to a new one's
+# time to first token. GPU: an H100 serving an 8B model (the policy's defaults). CPU: vLLM's
+# CPU engine with `builtin://gpu-regime` here (about 2,000 prompt tokens/s and 50 ms steps at
+# 8 requests, benchmarks/results/serving_overhead.json), where a prefill weighs far more
+# against a queued request than on a GPU; with the GPU's figures a CPU router would trade
+# cached prefixes for queue balance it does not need.
+ROUTER_COSTS: Final = {
+    Accelerator.GPU: {"prefill_s_per_token": 1 / 32_000, "prefill_floor_s": 0.020, "queue_s_per_request": 0.010},
+    Accelerator.CPU: {"prefill_s_per_token": 1 / 2_000, "prefill_floor_s": 0.020, "queue_s_per_request": 0.050},
+}
 # Seconds from asking for a replica to its first request, by accelerator, unless the spec sets
 # autoscaling.coldStartSeconds: GPU pods pull an image, load weights and capture graphs
 # (minutes); the tiny CPU engine on a 2-core machine took 25-60 s in `test_autoscaling_engine`
@@ -353,6 +364,7 @@ def request_router_config(args: ServingArgs, *, model: ModelSource) -> dict[str,
             "index_max_blocks": router.index_max_blocks,
             "tokenizer_source": model.location,
             "trust_remote_code": args.engine.trust_remote_code,
+            **ROUTER_COSTS[args.deployment.accelerator],
         },
     }
 

@@ -94,12 +94,25 @@ class PrefixAwareRouter(RequestRouter):
         index_max_blocks: int = 1_000_000,
         tokenizer_source: str | None = None,
         trust_remote_code: bool = False,
+        prefill_s_per_token: float | None = None,
+        prefill_floor_s: float | None = None,
+        queue_s_per_request: float | None = None,
         sync_interval_s: float = 0.25,
         log_capacity: int = DEFAULT_LOG_CAPACITY,
         **_: Any,
     ) -> None:
         """Called by Ray Serve with `request_router_kwargs`."""
-        self._view = RoutingView(RoutingParams(block_size=block_size, max_load_ratio=max_load_ratio), index_max_blocks)
+        costs = {
+            name: value
+            for name, value in (
+                ("prefill_s_per_token", prefill_s_per_token),
+                ("prefill_floor_s", prefill_floor_s),
+                ("queue_s_per_request", queue_s_per_request),
+            )
+            if value is not None
+        }
+        params = RoutingParams(block_size=block_size, max_load_ratio=max_load_ratio, **costs)
+        self._view = RoutingView(params, index_max_blocks)
         self._sync_interval_s = sync_interval_s
         self._log_capacity = log_capacity
         self._pending: LRUCache[str, _Pending] = LRUCache(maxsize=MAX_IN_FLIGHT_DECISIONS)
