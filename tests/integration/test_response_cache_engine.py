@@ -184,6 +184,14 @@ def test_a_missing_or_wrong_api_key_gets_401_with_an_openai_error(stack: Stack) 
         client.models.list()
 
 
+def test_an_oversized_body_is_refused_with_413_after_authentication(stack: Stack) -> None:
+    body = chat_body("x" * (9 * 2**20))
+    assert post_chat(stack, body, {}).status_code == 401
+    response = post_chat(stack, body)
+    assert response.status_code == 413
+    assert "error" in response.json()
+
+
 def test_a_repeated_deterministic_request_is_answered_from_the_cache(stack: Stack) -> None:
     first = post_chat(stack, chat_body("Tell me about caches."))
     assert first.status_code == 200

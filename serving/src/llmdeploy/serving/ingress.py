@@ -10,8 +10,10 @@ ahead of Ray's `OpenAiIngress`) and overrides two methods:
   through while storing it once it is known to be complete. Every response carries
   `x-llmdeploy-cache: hit | miss | bypass`.
 - `_set_asgi_app`, through which Ray Serve's ASGI wrapper installs the FastAPI application in the
-  replica: with API keys on, the application is wrapped in `ApiKeyMiddleware`, so every route
-  (models included) needs a key.
+  replica: `HTTPLimits` (`llmdeploy.serving.http_limits`: 413 for oversized bodies, Retry-After
+  on shed answers) joins the application's own middleware, and with API keys on the application
+  is wrapped in `ApiKeyMiddleware`, outermost, so every route (models included) needs a key and
+  an unauthenticated body is never read.
 
 Both are Ray-internal names (Ray 2.60); `test_ingress_extension_points` fails when an upgrade
 moves them. The options reach the ingress as `ingress_extra_kwargs` (`IngressOptions`).
@@ -36,6 +38,7 @@ from llmdeploy.serving.cache.backends import CacheBackend, MemoryBackend, RedisB
 from llmdeploy.serving.cache.key import Endpoint
 from llmdeploy.serving.cache.service import ResponseCache, Result
 from llmdeploy.serving.config import ResponseCacheArgs, ResponseCacheBackend
+from llmdeploy.serving.http_limits import HTTPLimits
 
 CACHE_HEADER: Final = "x-llmdeploy-cache"
 # Ray's call methods (CallMethod values) of the endpoints whose answers are cached.
@@ -183,6 +186,9 @@ class IngressExtensions:
             self._background(self._llmdeploy_cache.check())
 
     def _set_asgi_app(self, app: Any) -> None:
+        if hasattr(app, "add_middleware"):
+            # Inside the FastAPI app, so Ray Serve still reads the app's routes for its metrics.
+            app.add_middleware(HTTPLimits)
         if self._llmdeploy_keys is not None:
             app = ApiKeyMiddleware(app, self._llmdeploy_keys)
         super()._set_asgi_app(app)  # type: ignore[misc]
