@@ -507,10 +507,15 @@ def test_dashboard_panels_have_units(dashboard: dict[str, Any]) -> None:
             assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
 
 
-def test_the_caching_dashboard_shows_the_router() -> None:
+def test_the_caching_dashboard_shows_the_router_and_the_response_cache() -> None:
     dashboard = load_dashboard(DASHBOARDS / "caching-routing.json")
     queried = " ".join(expr for _, expr in dashboard_expressions(dashboard))
     for metric in (
+        "ray_llmdeploy_response_cache_requests_total",
+        "ray_llmdeploy_response_cache_tokens_saved_total",
+        "ray_llmdeploy_response_cache_evictions_total",
+        "ray_llmdeploy_response_cache_backend_up",
+        "ray_llmdeploy_response_cache_backend_errors_total",
         "ray_llmdeploy_router_decisions_total",
         "ray_llmdeploy_router_matched_prefix_tokens_bucket",
         "ray_llmdeploy_router_decision_seconds_bucket",

@@ -19,9 +19,8 @@ from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmdeploy.serving.config import APPLICATION_NAME
+from llmdeploy.serving.config import APPLICATION_NAME, ENGINE_DEPLOYMENT_PREFIX
 
-ENGINE_DEPLOYMENT_PREFIX: Final = "LLMServer"
 # Replica states that hold (or are about to hold) an accelerator.
 _LIVE_STATES: Final = frozenset({"STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION"})
 # Keys of `autoscaling_detail.metrics` that carry requests waiting per replica, in order of preference.

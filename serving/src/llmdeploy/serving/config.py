@@ -16,6 +16,8 @@ IMPORT_PATH: Final = "llmdeploy.serving.app:build_app"
 APPLICATION_NAME: Final = "llm"
 ROUTE_PREFIX: Final = "/"
 SERVE_PORT: Final = 8000
+# Ray Serve LLM names the engine deployment `LLMServer:<LLMDeployment name>`.
+ENGINE_DEPLOYMENT_PREFIX: Final = "LLMServer:"
 # Environment variables through which Secrets reach the serving processes (never the values).
 HF_TOKEN_ENV: Final = "HF_TOKEN"
 REDIS_URL_ENV: Final = "LLMDEPLOY_REDIS_URL"
@@ -187,3 +189,8 @@ class ServingArgs(_Args):
         default=None,
         description="Env var holding the API keys clients must send (comma- or newline-separated); None: no auth.",
     )
+
+
+def engine_deployment_name(name: str) -> str:
+    """The Serve deployment of an LLMDeployment's engines (and the `deployment` label of its metrics)."""
+    return f"{ENGINE_DEPLOYMENT_PREFIX}{name}"

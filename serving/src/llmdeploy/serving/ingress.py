@@ -37,7 +37,7 @@ from llmdeploy.serving.cache import sse
 from llmdeploy.serving.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from llmdeploy.serving.cache.key import Endpoint
 from llmdeploy.serving.cache.service import ResponseCache, Result
-from llmdeploy.serving.config import ResponseCacheArgs, ResponseCacheBackend
+from llmdeploy.serving.config import ResponseCacheArgs, ResponseCacheBackend, engine_deployment_name
 from llmdeploy.serving.http_limits import HTTPLimits
 
 CACHE_HEADER: Final = "x-llmdeploy-cache"
@@ -64,32 +64,42 @@ class IngressOptions(BaseModel):
 
 
 class RayCacheMetrics:
-    """The cache's metrics as Ray Serve metrics (exported as `ray_llmdeploy_response_cache_*`)."""
+    """The cache's metrics through Ray (exported as `ray_llmdeploy_response_cache_*`).
 
-    def __init__(self) -> None:
-        from ray.serve import metrics
+    Labelled `deployment` with the engine deployment's name (`LLMServer:<name>`), as the
+    router's and the engine's own series are, so one dashboard selector picks an
+    LLMDeployment's series whichever Serve deployment exports them.
+    """
 
+    def __init__(self, deployment: str) -> None:
+        from ray.util import metrics
+
+        tags = {"deployment": deployment}
         self._requests = metrics.Counter(
             "llmdeploy_response_cache_requests",
             description="Cacheable-endpoint requests by cache result (hit, miss, bypass).",
-            tag_keys=("result",),
-        )
+            tag_keys=("deployment", "result"),
+        ).set_default_tags(tags)
         self._evictions = metrics.Counter(
             "llmdeploy_response_cache_evictions",
             description="Entries evicted to stay within responseCache.maxEntries.",
-        )
+            tag_keys=("deployment",),
+        ).set_default_tags(tags)
         self._tokens_saved = metrics.Counter(
             "llmdeploy_response_cache_tokens_saved",
             description="Completion tokens answered from the cache instead of generated.",
-        )
+            tag_keys=("deployment",),
+        ).set_default_tags(tags)
         self._backend_up = metrics.Gauge(
             "llmdeploy_response_cache_backend_up",
             description="1 while the cache backend answers, 0 while requests are served uncached.",
-        )
+            tag_keys=("deployment",),
+        ).set_default_tags(tags)
         self._backend_errors = metrics.Counter(
             "llmdeploy_response_cache_backend_errors",
             description="Cache backend calls that failed (the request was served uncached).",
-        )
+            tag_keys=("deployment",),
+        ).set_default_tags(tags)
 
     def request(self, result: Result) -> None:
         self._requests.inc(1, tags={"result": result.value})
@@ -180,7 +190,7 @@ class IngressExtensions:
             self._llmdeploy_cache = ResponseCache(
                 build_backend(options),
                 ttl_s=options.response_cache.ttl_s,
-                metrics=RayCacheMetrics(),
+                metrics=RayCacheMetrics(engine_deployment_name(options.name)),
                 name=f"response cache ({options.response_cache.backend.value})",
             )
             self._background(self._llmdeploy_cache.check())
