@@ -97,7 +97,7 @@ def render_dashboard(
 
     step_s = max(2.0, (end - start) / 240)
     panels = [p for p in stack.panels(dashboard) if p.get("type") != "text"]
-    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+    rows: int = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     height_in = rows * ROW_HEIGHT_IN + 0.8
     figure = plt.figure(figsize=(WIDTH_IN, height_in))
     figure.suptitle(f"{dashboard['title']} (local stack, {end - start:.0f} s)", fontsize=14, y=1 - 0.25 / height_in)
@@ -139,18 +139,19 @@ def render_dashboard(
             unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
             if unit:
                 axes.set_ylabel(unit, fontsize=7)
-            axes.legend(fontsize=6, loc="upper left", framealpha=0.6)
+            if any(name for name, _, _ in data):
+                axes.legend(fontsize=6, loc="upper left", framealpha=0.6)
             axes.grid(alpha=0.3)
         else:
             # stat and table panels: the latest value of each series.
             axes.set_xticks([])
             axes.set_yticks([])
-            rows: dict[str, list[str]] = {}
+            table: dict[str, list[str]] = {}
             renamed = _table_columns(panel)
             for name, _, values in data:
                 row, _, column = name.rpartition(" ")
-                rows.setdefault(row, []).append(f"{renamed.get(column, column)}={_latest(values):.3g}")
-            lines = [f"{row or 'all'}: {'  '.join(cells)}" for row, cells in rows.items()][:8]
+                table.setdefault(row, []).append(f"{renamed.get(column, column)}={_latest(values):.3g}")
+            lines = [f"{row or 'all'}: {'  '.join(cells)}" for row, cells in table.items()][:8]
             if kind == "stat" and len(data) == 1:
                 axes.text(0.5, 0.45, f"{_latest(data[0][2]):.3g}", ha="center", va="center", fontsize=22)
             else:
