@@ -6,7 +6,9 @@ short delays) is rendered through the operator's `serveconfig.serving_args` and 
 engine's batch) must raise the engine deployment to 2 running replicas, by the policy's own
 decision (the Serve controller's log carries its reason), and an idle minute must bring it back
 to 1. `serve.status()` is the judge. Along the way the engine replicas' `record_autoscaling_stats`
-hook is called through a deployment handle: it must report vLLM's queue.
+hook is called through a deployment handle: it must report vLLM's queue. The operator's readers
+run on the real answers: the Serve details the dashboard serves (with the keys the emulator's
+fake sends) and the head's metrics port, where the policy's queue-depth gauge must appear.
 
 Slow (a few minutes; two engines start): deselect with `-m "not engine"`.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +31,13 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
 import openai
 
 from llmdeploy.operator.manifest import load_manifests
+from llmdeploy.operator.serve_state import engine_observation, policy_queue_depth
 from llmdeploy.operator.serveconfig import serving_args
 from llmdeploy.serving import app, tinymodel
 from llmdeploy.serving.autoscaling import FINISHED_RATE_KEY, KV_CACHE_USAGE_KEY, RUNNING_KEY, WAITING_KEY
 from llmdeploy.serving.config import APPLICATION_NAME, ServingArgs
 from llmdeploy.testing.operator_process import free_port
+from llmdeploy.testing.serve_details import serve_details
 
 pytestmark = pytest.mark.engine
 
@@ -57,6 +62,10 @@ ENGINE_DEPLOYMENT = "LLMServer:tiny-scaling"
 READY_TIMEOUT_S = 300.0
 SCALE_UP_TIMEOUT_S = 240.0
 SCALE_DOWN_TIMEOUT_S = 180.0
+# Ray exports metrics every few seconds; the gauge appears after the policy's first decisions.
+METRICS_TIMEOUT_S = 60.0
+# The head's Prometheus port of the running stack (set by the `served` fixture).
+METRICS_PORT: dict[str, int] = {}
 CLIENTS = 16
 ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -119,8 +128,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
                 env.setenv(key, str(tmp_path_factory.mktemp(key.lower())))
         tinymodel.ensure_tiny_model("tiny")
         port = free_port()
+        METRICS_PORT["port"] = free_port()
         # Logical CPUs: two engine replicas take 2 each, the ingress 1 or 2.
-        ray.init(address="local", num_cpus=8, include_dashboard=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, _metrics_export_port=METRICS_PORT["port"])
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(app.build_app(args.model_dump(mode="json")), name=APPLICATION_NAME, route_prefix="/")
@@ -166,7 +176,36 @@ def test_burst_adds_a_replica_and_idle_removes_it(served: openai.OpenAI) -> None
     assert 0.0 <= stats[KV_CACHE_USAGE_KEY] <= 1.0
     # The move was the queue-depth policy's, with its reason (Ray's own policy logs none).
     assert "autoscaling 1 -> 2 replicas:" in controller_log()
+    assert_operator_reads_the_real_answers(desired=2)
 
     scale_down_s = wait_until(lambda: running_replicas()[0] == 1, SCALE_DOWN_TIMEOUT_S, lambda: running_replicas()[1])
     assert "autoscaling 2 -> 1 replicas:" in controller_log()
     print(f"\nburst to 2 running replicas: {scale_up_s:.0f} s; idle back to 1: {scale_down_s:.0f} s")
+
+
+def assert_operator_reads_the_real_answers(desired: int) -> None:
+    """The operator's parsers on the real Serve details and metrics; the emulator's fake has their shape."""
+    from ray import serve
+
+    client = serve.context._get_global_client()
+    assert client is not None
+    details = client.get_serve_details()
+    observed = engine_observation(details)
+    assert observed is not None
+    assert (observed.desired_replicas, observed.ready_replicas) == (desired, desired)
+    real = details["applications"][APPLICATION_NAME]["deployments"][ENGINE_DEPLOYMENT]
+    fake = serve_details(["RUNNING"], 1)["applications"][APPLICATION_NAME]["deployments"]["LLMServer:tiny"]
+    assert set(fake) <= set(real) and set(fake["replicas"][0]) <= set(real["replicas"][0])
+    # Ray 2.60 leaves autoscaling_detail out, as the fake does (so status needs the gauge below).
+    assert "autoscaling_detail" not in real and "autoscaling_detail" not in fake
+
+    url = f"http://127.0.0.1:{METRICS_PORT['port']}/metrics"
+    depth: list[float | None] = [None]
+
+    def gauge_seen() -> bool:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            depth[0] = policy_queue_depth(response.read().decode())
+        return depth[0] is not None
+
+    wait_until(gauge_seen, METRICS_TIMEOUT_S, lambda: f"the policy's queue-depth gauge at {url}")
+    assert depth[0] is not None and depth[0] >= 0
