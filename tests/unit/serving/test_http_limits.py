@@ -114,3 +114,19 @@ async def test_every_4xx_json_answer_has_the_openai_error_shape(handler: Any, st
     error = response.json()["error"]
     assert error["message"] == message
     assert int(response.headers["content-length"]) == len(response.content)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+async def test_a_body_that_is_not_json_is_refused_with_415(content_type: str) -> None:
+    async with _client() as client:
+        response = await client.post("/echo", content=b"{}", headers={"content-type": content_type})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]
+
+
+async def test_json_with_a_charset_is_accepted() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/echo", content=b"{}", headers={"content-type": "application/json; charset=utf-8"}
+        )
+    assert response.status_code == 200

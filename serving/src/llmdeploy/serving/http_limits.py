@@ -61,6 +61,13 @@ class HTTPLimits:
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(send)
             return
+        kind = _header(scope, b"content-type")
+        if scope.get("method") == "POST" and kind is not None and not _is_json_type(kind):
+            # The OpenAI endpoints read JSON only; the ingress would fail on anything else (500).
+            await self._refuse(
+                send, 415, f"content type {kind.decode(errors='replace')!r} is not supported; send application/json"
+            )
+            return
         seen = 0
         started = False
         cut = False
@@ -120,13 +127,13 @@ class HTTPLimits:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        body = openai_error(
-            f"request body larger than {self.max_body_bytes} bytes; send a shorter prompt",
-            type_="invalid_request_error",
-            code=413,
-        )
+        await self._refuse(send, 413, f"request body larger than {self.max_body_bytes} bytes; send a shorter prompt")
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, message: str) -> None:
+        body = openai_error(message, type_="invalid_request_error", code=status)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -156,18 +163,24 @@ def _problem_text(item: Any) -> str:
     return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", item))
 
 
+def _is_json_type(value: bytes) -> bool:
+    return value.split(b";")[0].strip().lower() == b"application/json"
+
+
 def _is_json(start: Message) -> bool:
-    return any(
-        name.lower() == b"content-type" and value.split(b";")[0].strip().lower() == b"application/json"
-        for name, value in start.get("headers", [])
-    )
+    return any(name.lower() == b"content-type" and _is_json_type(value) for name, value in start.get("headers", []))
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == wanted:
+            return bytes(value)
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = _header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
