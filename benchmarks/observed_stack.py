@@ -20,6 +20,7 @@ dashboard expression fails even when no data is expected.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -69,6 +70,7 @@ spec:
   batching: {{maxNumSeqs: 8, maxNumBatchedTokens: 512}}
   serving: {{maxOngoingRequests: 16, maxQueuedRequests: 64}}
   autoscaling: {{enabled: true, minReplicas: 1, maxReplicas: 2, targetQueueDepth: 4}}
+  responseCache: {{enabled: true, backend: memory}}
 """
 ENGINE_ENV: Final = {
     "HF_HUB_OFFLINE": "1",
@@ -557,6 +559,9 @@ INCREASED_WHEN: Final = (
 SETTLE_S: Final = 5.0
 
 
+_REQUEST_NUMBERS: Final = itertools.count()
+
+
 @dataclass
 class TrafficReport:
     request_ids: list[str] = field(default_factory=list)
@@ -566,7 +571,11 @@ class TrafficReport:
 def send_traffic(
     base_url: str, *, requests: int = 6, repeat: int = 3, report: TrafficReport | None = None
 ) -> TrafficReport:
-    """A few chat completions (one prompt sent `repeat` times), and one for an unknown model (404).
+    """A few chat completions, and one for an unknown model (404).
+
+    One long sampled prompt is sent `repeat` times (the response cache leaves sampled requests
+    alone, so vLLM's prefix cache serves the repeats), and one short greedy prompt twice (the
+    second is answered by the response cache).
 
     Each request carries its own X-Request-ID, which Ray Serve adopts as the request id of the
     log lines it writes while serving it.
@@ -578,9 +587,11 @@ def send_traffic(
     bodies: list[dict[str, Any]] = [
         {"model": "tiny", "messages": [{"role": "user", "content": p}], "max_tokens": 16} for p in prompts
     ]
+    greedy = {"model": "tiny", "messages": [{"role": "user", "content": "Cache me."}], "max_tokens": 8}
+    bodies += [{**greedy, "temperature": 0}] * 2
     bodies.append({"model": "no-such-model", "messages": [{"role": "user", "content": "404"}], "max_tokens": 4})
     for body in bodies:
-        request_id = f"obs-{len(report.request_ids):04d}-{os.getpid()}"
+        request_id = f"obs-{os.getpid()}-{next(_REQUEST_NUMBERS):05d}"
         request = urllib.request.Request(
             f"{base_url}/v1/chat/completions",
             data=json.dumps(body).encode(),

@@ -75,6 +75,8 @@ ALERT_STATES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
         "quiet",
         ("llmdeploy_operator_deployments", 'up{job=~".*llmdeploy.*-metrics"} == 1'),
     ),
+    # The served deployment's response cache (memory backend) answers.
+    "LLMDeploymentResponseCacheBackendDown": ("quiet", ("ray_llmdeploy_response_cache_backend_up == 1",)),
 }
 
 
