@@ -560,12 +560,16 @@ SETTLE_S: Final = 5.0
 
 
 _REQUEST_NUMBERS: Final = itertools.count()
+# Greedy requests answered once in this process: the response cache answers their repeats.
+_ANSWERED_GREEDY: Final[set[str]] = set()
 
 
 @dataclass
 class TrafficReport:
     request_ids: list[str] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    # Whether the response cache should answer it (the repeat of a greedy request): no engine call.
+    cached: list[bool] = field(default_factory=list)
 
 
 def send_traffic(
@@ -603,8 +607,12 @@ def send_traffic(
                 response.read()
         except urllib.error.HTTPError as exc:
             status = exc.code
+        key = json.dumps(body, sort_keys=True)
         report.request_ids.append(request_id)
         report.statuses.append(status)
+        report.cached.append(body.get("temperature") == 0 and key in _ANSWERED_GREEDY)
+        if status == 200 and body.get("temperature") == 0:
+            _ANSWERED_GREEDY.add(key)
     return report
 
 
