@@ -542,8 +542,6 @@ SCRAPED_WHEN: Final = (
     'ray_serve_num_http_error_requests_total{error_code="404"}',
     f'llmdeploy_deployment_ready_replicas{{name="{SERVED}"}} == 1',
     "llmdeploy_operator_reconcile_errors_total > 0",
-    # Set at the response cache's first backend call, exported with Ray's next metrics report.
-    "ray_llmdeploy_response_cache_backend_up",
     # Series born with the traffic need two samples before rate() returns anything.
     "rate(ray_serve_deployment_request_counter_total[1m])",
     "rate(ray_serve_num_http_requests_total[1m])",
