@@ -1,14 +1,13 @@
 """The real serving stack under bad requests, overload, client disconnects and a dying engine.
 
-One stack for the module (`builtin://tiny` on the CPU, run under the engine lock like every
-engine test), with small admission limits so that a burst overflows them. Order matters: the
-engine is killed last. Checks are on behaviour and counts, never on speed:
+One stack for the module (`builtin://tiny` on the CPU), with small admission limits so that a
+burst overflows them. Order matters: the engine is killed last. Checks are on behaviour and counts, never on speed:
 
 - bad requests (malformed JSON, unknown model, negative and huge max_tokens, a prompt over
   maxModelLen, invalid UTF-8, an oversized body, a wrong content type) each get a 4xx with an
   OpenAI error body, and the replica and engine processes are the same ones afterwards;
-- a burst beyond max_ongoing + max_queued gets 503 (or 429) answers while the accepted requests
-  complete, and the replicas' memory does not grow from one burst to the next;
+- a burst beyond max_ongoing + max_queued gets quick 503 (or 429) answers with `Retry-After`
+  while the accepted requests complete, and the replicas' memory does not grow from one burst to the next;
 - a streaming client that disconnects frees the engine: its running-request count returns to 0
   and the tokens generated stop far short of the request's max_tokens;
 - a killed engine process makes Ray report the replica unhealthy and replace it; a request
@@ -178,13 +177,6 @@ def _burst(http: httpx.Client, n: int) -> list[httpx.Response]:
         return list(pool.map(one, range(n)))
 
 
-@pytest.mark.xfail(
-    reason=(
-        "known gap: the ingress deployment has no max_queued_requests, so a burst waits in the "
-        "ingress's unbounded queue instead of overflowing the engine's; only some runs shed"
-    ),
-    strict=False,
-)
 def test_a_burst_beyond_capacity_is_shed_and_the_rest_complete(stack: LocalStack, http: httpx.Client) -> None:
     pids = _serving_pids()
     rss: list[float] = []
@@ -198,7 +190,9 @@ def test_a_burst_beyond_capacity_is_shed_and_the_rest_complete(stack: LocalStack
         assert done, "the accepted requests must complete"
         for response in done:
             assert response.json()["usage"]["completion_tokens"] == 128
-        print("retry-after on shed answers:", sorted({r.headers.get("retry-after", "-") for r in shed}))
+        # Ray Serve's proxy sheds before the ingress app runs: its 503 body is Ray's plain text,
+        # but it says when to retry (OpenAI clients retry 503s and honour Retry-After).
+        assert {r.headers.get("retry-after") for r in shed} == {"1"}, "a shed answer says when to retry"
     assert _serving_pids() == pids
     # Memory after the second burst: within 10% (or 64 MiB) of the first.
     assert rss[1] <= rss[0] * 1.10 + 64, rss

@@ -367,6 +367,9 @@ def test_ingress_admits_what_the_engines_hold_and_never_uses_the_1e9_defaults() 
     assert scaling["max_ongoing_requests"] == 4 * 16 + 64
     assert scaling["autoscaling_config"]["min_replicas"] == 1
     for config in (fixed, scaling):
+        # Beyond that, the proxy's queue is bounded too and sheds with Retry-After.
+        assert config["max_queued_requests"] == 64
+        assert config["backpressure_config"] == {"retry_after_s": app.SHED_RETRY_AFTER_S}
         assert config["max_ongoing_requests"] < 1e9
         assert config["autoscaling_config"]["target_ongoing_requests"] < 1e9
 

@@ -85,6 +85,8 @@ ROUTER_COSTS: Final = {
 # (minutes); the tiny CPU engine on a 2-core machine took 25-60 s in `test_autoscaling_engine`
 # (the longer while the other engine was serving).
 COLD_START_S: Final = {Accelerator.GPU: 120.0, Accelerator.CPU: 60.0}
+# Seconds a shed request (503) is told to wait before retrying (`Retry-After`).
+SHED_RETRY_AFTER_S: Final = 1.0
 # Ray Serve averages the replicas' and handles' reports over this window (it must exceed Ray's
 # 10 s report interval); replicas record a sample every fifth of it.
 LOOK_BACK_S: Final = 15.0
@@ -292,9 +294,12 @@ def ingress_deployment_config(args: ServingArgs) -> dict[str, Any]:
     """Ray Serve options of the OpenAI ingress, explicit instead of Ray Serve LLM's 1e9s.
 
     An ingress replica admits every request the engines can hold plus the deployment's
-    queue, so load is shed by the engine deployment's `max_queued_requests` (503), never by
-    the ingress. It scales with the engines: one ingress replica per engine replica's worth
-    of ongoing requests, zero only when the engines may scale to zero.
+    queue. Beyond that, requests wait at Ray Serve's proxy, which must shed them too: without
+    a bound there, a burst waits in the proxy's unbounded queue and times out instead of
+    getting a quick 503 (test_serving_bad_requests' burst). So the proxy's queue for the
+    ingress has the same `max_queued_requests`, and its 503 carries `Retry-After`. It scales
+    with the engines: one ingress replica per engine replica's worth of ongoing requests,
+    zero only when the engines may scale to zero.
     """
     deployment = args.deployment
     most = deployment.max_replicas if deployment.autoscaling else deployment.num_replicas
@@ -311,7 +316,12 @@ def ingress_deployment_config(args: ServingArgs) -> dict[str, Any]:
     }
     if floor == 0:
         autoscaling["downscale_to_zero_delay_s"] = deployment.scale_to_zero_idle_s
-    return {"max_ongoing_requests": capacity, "autoscaling_config": autoscaling}
+    return {
+        "max_ongoing_requests": capacity,
+        "max_queued_requests": max_queued_requests(deployment),
+        "backpressure_config": {"retry_after_s": SHED_RETRY_AFTER_S},
+        "autoscaling_config": autoscaling,
+    }
 
 
 def llm_config_kwargs(
