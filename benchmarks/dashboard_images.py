@@ -1,6 +1,6 @@
 """Render the chart's Grafana dashboards to PNG from real scraped data (docs/images/).
 
-    flock /tmp/llmdeploy-engine.lock .venv/bin/python benchmarks/dashboard_images.py
+    .venv/bin/python benchmarks/dashboard_images.py
 
 starts the observed stack of the Prometheus tests (benchmarks/observed_stack.py: Prometheus, the
 operator against the Kubernetes API emulator, Ray Serve LLM + vLLM on the CPU), sends varying load

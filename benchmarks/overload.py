@@ -7,7 +7,7 @@ shed (503/429), latency of the shed answers and of the accepted ones (p50/p99), 
 accepted request completed in full, whether shed answers carry Retry-After, and the resident
 memory of the serving processes (ingress, engine replica, engine core) before and after.
 
-    flock /tmp/llmdeploy-engine.lock .venv/bin/python benchmarks/overload.py [--bursts 3 --burst-size 32]
+    .venv/bin/python benchmarks/overload.py [--bursts 3 --burst-size 32]
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ TCP to the local server), microseconds per request.
     .venv/bin/python benchmarks/response_cache.py               # ~8 minutes on 2 cores
     .venv/bin/python benchmarks/response_cache.py --requests 30 # quick check
 
-Run it alone (it starts Ray and vLLM): `flock /tmp/llmdeploy-engine.lock ...` where engines are
-shared. Writes benchmarks/results/response_cache.json (or --out NAME).
+Run it alone: it starts Ray and vLLM, and other engines on the machine distort its timings.
+Writes benchmarks/results/response_cache.json (or --out NAME).
 """
 
 from __future__ import annotations
