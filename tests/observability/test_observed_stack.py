@@ -29,7 +29,7 @@ from typing import Any, Final
 import observed_stack as stack
 import pytest
 
-from llmdeploy.operator.settings import LOG_OBJECT_KEY
+from llmdeploy.operator.logs import LOG_OBJECT_KEY
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.engine]
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmdeploy.cli import cli
-from llmdeploy.operator.settings import LOG_OBJECT_KEY, LogFormat, configure_logging
+from llmdeploy.operator.logs import LOG_OBJECT_KEY, LogFormat, configure_logging
 from llmdeploy.serving.local import serve_logging_config
 
 

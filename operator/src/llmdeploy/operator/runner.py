@@ -29,8 +29,9 @@ def run(
     With `leader_election`, first wait to hold the Lease (answering the liveness probe
     meanwhile), then run kopf standalone for as long as the Lease is held.
     """
-    import llmdeploy.operator.handlers  # noqa: F401  (registers the handlers)
-    from llmdeploy.operator.settings import LogFormat, configure_logging  # registers the startup settings
+    import llmdeploy.operator.handlers
+    import llmdeploy.operator.settings  # noqa: F401  (registers the startup settings)
+    from llmdeploy.operator.logs import LogFormat, configure_logging
 
     configure_logging(log_format=LogFormat(log_format), verbose=verbose)
     if leader_election is None:
