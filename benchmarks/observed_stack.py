@@ -409,6 +409,7 @@ def operator_on_emulator(
     *,
     dashboard_url: str,
     metrics_port: int,
+    ray_metrics_url: str = "",
     log_format: str = "json",
     before_create: Callable[[], Any] = lambda: True,
 ) -> Iterator[Any]:
@@ -431,6 +432,8 @@ def operator_on_emulator(
             status_interval_s=1.0,
             dashboard_url_template=heads.url_template,
             log_format=log_format,
+            # The head's metrics port, where the autoscaling policy's queue-depth gauge is read.
+            extra_env={"LLMDEPLOY_RAY_METRICS_URL_TEMPLATE": ray_metrics_url},
         )
         proc.start()
         try:
@@ -644,6 +647,7 @@ def observed_stack(workdir: Path) -> Iterator[ObservedStack]:
                 workdir,
                 dashboard_url=serving.dashboard_url,
                 metrics_port=operator_port,
+                ray_metrics_url=f"http://127.0.0.1:{ray_port}",
                 # Scraped before anything happens, so every counter's first increase is seen.
                 before_create=lambda: prometheus.query(f'up{{job="{OPERATOR_JOB}"}} == 1'),
             ) as operator,
