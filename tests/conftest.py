@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,22 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def _disconnect_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_module_starts_without_ray() -> Iterator[None]:
+    """No Ray connection crosses a module boundary.
+
+    Engine modules start a local Ray in this process and shut it down; a Ray API touched after
+    that (a handle or client object collected late) silently starts a new default cluster,
+    which then breaks the next module's `ray.init`. Disconnect before and after every module.
+    """
+    _disconnect_ray()
+    yield
+    _disconnect_ray()
