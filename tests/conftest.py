@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# A Ray API used where no Ray is connected (a late callback of a finished engine module, in a
-# background thread) would otherwise start a default cluster in this process, racing the next
-# module's own `ray.init`. Read by Ray when it is first imported, so set before any test module.
-os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERAY_CRDS = REPO.parent / "shared" / "kuberay"

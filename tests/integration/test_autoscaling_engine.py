@@ -163,7 +163,12 @@ def test_burst_adds_a_replica_and_idle_removes_it(served: openai.OpenAI) -> None
             # The engine replica reports vLLM's queue to the autoscaler (called here as Ray calls it).
             engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, APPLICATION_NAME)
             time.sleep(5)
-            stats = engine.record_autoscaling_stats.remote().result()
+            try:
+                stats = engine.record_autoscaling_stats.remote().result()
+            finally:
+                # A handle's router keeps polling the controller from a background thread; left
+                # running, it outlives this module's Ray and restarts one in the test process.
+                engine.shutdown()
             scale_up_s = wait_until(
                 lambda: running_replicas()[0] == 2, SCALE_UP_TIMEOUT_S, lambda: running_replicas()[1]
             )
