@@ -38,6 +38,8 @@ from typing import Any, Final
 
 import yaml
 
+from llmdeploy.testing.local_stack import ENGINE_ENV as LOCAL_ENGINE_ENV
+
 REPO: Final = Path(__file__).resolve().parents[1]
 CHART: Final = REPO / "charts" / "llmdeploy-operator"
 DASHBOARDS: Final = CHART / "dashboards"
@@ -73,11 +75,7 @@ spec:
   responseCache: {{enabled: true, backend: memory}}
 """
 ENGINE_ENV: Final = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    **LOCAL_ENGINE_ENV,
     # A token under ~/.ray turns on the dashboard's token auth; the operator reads the dashboard
     # without one, as it does in a cluster.
     "RAY_AUTH_MODE": "disabled",

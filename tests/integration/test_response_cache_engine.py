@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from llmdeploy.operator.manifest import load_manifests
 from llmdeploy.operator.render import Owner, render_rayservice
 from llmdeploy.serving import app, tinymodel
 from llmdeploy.serving.config import API_KEYS_ENV, APPLICATION_NAME, REDIS_URL_ENV, ServingArgs
+from llmdeploy.testing.local_stack import scrape
 from llmdeploy.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.engine
@@ -90,17 +90,6 @@ def serving_args(tmp: Path) -> ServingArgs:
     assert "sk-test" not in text and "redis://" not in text  # the Secrets are referenced, never copied
     (application,) = yaml.safe_load(rendered["spec"]["serveConfigV2"])["applications"]
     return ServingArgs.model_validate(application["args"])
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            samples[series] = float(value)
-    return samples
 
 
 def metric(samples: dict[str, float], name: str) -> list[float]:

@@ -56,6 +56,7 @@ from llmdeploy.serving.autoscaling import (
     WAITING_KEY,
 )
 from llmdeploy.serving.config import Accelerator, DeploymentArgs, EngineArgs, ScalingConfig, ServingArgs
+from llmdeploy.serving.routing import policy
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -77,7 +78,11 @@ ROUTER_CLS: Final = "llmdeploy.serving.routing.router:PrefixAwareRouter"
 # against a queued request than on a GPU; with the GPU's figures a CPU router would trade
 # cached prefixes for queue balance it does not need.
 ROUTER_COSTS: Final = {
-    Accelerator.GPU: {"prefill_s_per_token": 1 / 32_000, "prefill_floor_s": 0.020, "queue_s_per_request": 0.010},
+    Accelerator.GPU: {
+        "prefill_s_per_token": policy.H100_8B_PREFILL_S_PER_TOKEN,
+        "prefill_floor_s": policy.H100_8B_PREFILL_FLOOR_S,
+        "queue_s_per_request": policy.H100_8B_QUEUE_S_PER_REQUEST,
+    },
     Accelerator.CPU: {"prefill_s_per_token": 1 / 2_000, "prefill_floor_s": 0.020, "queue_s_per_request": 0.050},
 }
 # Seconds from asking for a replica to its first request, by accelerator, unless the spec sets

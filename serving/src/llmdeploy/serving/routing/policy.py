@@ -33,6 +33,8 @@ from dataclasses import dataclass
 # takes ~20 ms for any prompt of 512 tokens or fewer (h100-costmodel.json of the measurements).
 H100_8B_PREFILL_S_PER_TOKEN = 1 / 32_000
 H100_8B_PREFILL_FLOOR_S = 0.020
+# What each ongoing request adds to a new one's time to first token there.
+H100_8B_QUEUE_S_PER_REQUEST = 0.010
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class RoutingParams:
     prefill_s_per_token: float = H100_8B_PREFILL_S_PER_TOKEN
     prefill_floor_s: float = H100_8B_PREFILL_FLOOR_S
     # Seconds each ongoing request at a replica adds to a new request's time to first token.
-    queue_s_per_request: float = 0.010
+    queue_s_per_request: float = H100_8B_QUEUE_S_PER_REQUEST
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
