@@ -38,8 +38,9 @@ def _each_module_starts_without_ray() -> Iterator[None]:
     """No Ray connection crosses a module boundary.
 
     Engine modules start a local Ray in this process and shut it down; a Ray API touched after
-    that (a handle or client object collected late) silently starts a new default cluster,
-    which then breaks the next module's `ray.init`. Disconnect before and after every module.
+    that silently starts a new default cluster, which then breaks the next module's `ray.init`
+    (the prefix-aware router's background exchange did, on Ray Serve's router thread, until
+    it learned to stop with the connection). Disconnect before and after every module.
     """
     _disconnect_ray()
     yield

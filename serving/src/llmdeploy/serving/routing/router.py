@@ -208,8 +208,13 @@ class PrefixAwareRouter(RequestRouter):
             self._sync_task = self._event_loop.create_task(self._sync_forever())
 
     async def _sync_forever(self) -> None:
-        while True:
+        # A router also lives in every driver that holds a handle to the engine deployment,
+        # on Ray Serve's router thread, which outlives `ray.shutdown()`. Any Ray call after that
+        # would start a fresh local cluster in the driver, so the loop ends with the connection.
+        while ray.is_initialized():
             await asyncio.sleep(self._sync_interval_s)
+            if not ray.is_initialized():
+                return
             await self.sync_once()
 
     async def sync_once(self) -> None:
