@@ -487,6 +487,9 @@ def serving_stack(workdir: Path, *, metrics_port: int) -> Iterator[Serving]:
     try:
         for key, value in ENGINE_ENV.items():
             os.environ.setdefault(key, value)
+        # Forced: Ray's `ray.init` of a new local cluster writes RAY_AUTH_MODE=token into the
+        # driver's environment, so any earlier Ray in this process leaves it set.
+        os.environ["RAY_AUTH_MODE"] = ENGINE_ENV["RAY_AUTH_MODE"]
         for key in (tinymodel.MODEL_CACHE_ENV, "VLLM_CACHE_ROOT", "TORCH_HOME"):
             os.environ.setdefault(key, str(workdir / key.lower()))
         tinymodel.ensure_tiny_model("tiny")
@@ -543,6 +546,9 @@ SCRAPED_WHEN: Final = (
     'ray_serve_num_http_error_requests_total{error_code="404"}',
     f'llmdeploy_deployment_ready_replicas{{name="{SERVED}"}} == 1',
     "llmdeploy_operator_reconcile_errors_total > 0",
+    # The operator reads it from the autoscaling policy's gauge on Ray's metrics port, which Ray
+    # exports only after the controller has run the policy and its metrics agent has reported.
+    f'llmdeploy_deployment_queue_depth{{name="{SERVED}"}}',
     # Series born with the traffic need two samples before rate() returns anything.
     "rate(ray_serve_deployment_request_counter_total[1m])",
     "rate(ray_serve_num_http_requests_total[1m])",

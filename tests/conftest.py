@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERAY_CRDS = REPO.parent / "shared" / "kuberay"
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,6 +44,13 @@ def _each_module_starts_without_ray() -> Iterator[None]:
     (the prefix-aware router's background exchange did, on Ray Serve's router thread, until
     it learned to stop with the connection). Disconnect before and after every module.
     """
+    auth_mode = os.environ.get(RAY_AUTH_MODE)
     _disconnect_ray()
     yield
     _disconnect_ray()
+    # `ray.init` of a new local cluster sets RAY_AUTH_MODE=token in this process's environment,
+    # which would turn on token auth for every later module's cluster.
+    if auth_mode is None:
+        os.environ.pop(RAY_AUTH_MODE, None)
+    else:
+        os.environ[RAY_AUTH_MODE] = auth_mode
