@@ -224,6 +224,28 @@ def test_budget_caps_the_replicas_and_says_so() -> None:
     assert "max_replicas 3" in steps[-1].reason
 
 
+def test_spare_replicas_ride_on_top_of_the_load_and_go_with_scale_to_zero() -> None:
+    # 2/s fits one replica; with a spare the deployment holds two, and a surge to 7/s (two
+    # replicas' worth) lands on capacity already serving instead of waiting a cold start.
+    surge = step_load(2.0, 7.0, 400.0)
+    plain = drive(config(), surge, until_s=420)
+    spared = drive(config(spare_replicas=1), surge, until_s=420)
+
+    assert plain[399].replicas == 1
+    assert spared[399].replicas == 2
+    assert "+1 spare" in spared[399].history[-1][3]
+    assert max(s.backlog for s in spared[400:]) < max(s.backlog for s in plain[400:])
+
+    # The budget still caps, and idleness still releases every replica.
+    assert max(s.replicas for s in drive(config(spare_replicas=3, max_replicas=3), surge, until_s=420)) == 3
+    idle = drive(
+        config(spare_replicas=1, scale_to_zero_idle_s=60.0, downscale_delay_s=30.0),
+        lambda t: 2.0 if t < 100 else 0.0,
+        until_s=300,
+    )
+    assert idle[-1].replicas == 0
+
+
 @pytest.mark.parametrize(
     ("kv_cache_usage", "running", "expect_up"),
     [
@@ -388,6 +410,24 @@ def test_spec_cold_start_reaches_the_policy_else_the_accelerator_default(
     rendered = app.autoscaling_config(args.deployment, max_num_seqs=args.engine.max_num_seqs)
 
     assert ScalingConfig.model_validate(rendered["policy"]["policy_kwargs"]).cold_start_s == expected
+
+
+def test_spec_spare_replicas_reach_the_policy() -> None:
+    from llmdeploy.operator.api import LLMDeploymentSpec
+    from llmdeploy.operator.serveconfig import serving_args
+
+    spec = LLMDeploymentSpec.model_validate(
+        {
+            "model": {"source": "org/m-7B"},
+            "accelerator": {"type": "nvidia-l4"},
+            "autoscaling": {"enabled": True, "spareReplicas": 2},
+        }
+    )
+    args = serving_args(spec, name="d", served_model_name="m")
+
+    rendered = app.autoscaling_config(args.deployment, max_num_seqs=args.engine.max_num_seqs)
+
+    assert ScalingConfig.model_validate(rendered["policy"]["policy_kwargs"]).spare_replicas == 2
 
 
 def test_spec_rejects_a_cold_start_out_of_bounds() -> None:

@@ -316,6 +316,16 @@ class AutoscalingSpec(_RuledModel):
             "and adds none for a backlog the running ones drain sooner. Default: 120 on GPUs, 60 on CPU."
         ),
     )
+    spare_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Replicas kept beyond what the load needs (N+k), for surges faster than a cold start: "
+            "every spare replica's GPUs are paid for all the time (within maxReplicas; scale to zero "
+            "still releases them). benchmarks/autoscaling.py shows the SLO bought per replica-second. Default 0."
+        ),
+    )
     scale_to_zero: ScaleToZeroSpec = Field(
         default_factory=ScaleToZeroSpec,
         description="Release every replica when idle.",

@@ -123,6 +123,7 @@ def deployment_args(spec: LLMDeploymentSpec, max_num_seqs: int) -> sc.Deployment
         downscale_delay_s=scaling.scale_down_delay_seconds,
         scale_to_zero_idle_s=scaling.scale_to_zero.idle_seconds if scaling.scale_to_zero.enabled else None,
         cold_start_s=scaling.cold_start_seconds,
+        spare_replicas=scaling.spare_replicas,
         # Twice the batch keeps the next batch waiting inside the engine, where vLLM schedules
         # it; beyond that requests queue at the router, where routing can still choose.
         max_ongoing_requests=spec.serving.max_ongoing_requests or 2 * max_num_seqs,

@@ -246,6 +246,7 @@ def scaling_config(deployment: DeploymentArgs, *, max_num_seqs: int) -> ScalingC
         cold_start_s=(
             COLD_START_S[deployment.accelerator] if deployment.cold_start_s is None else deployment.cold_start_s
         ),
+        spare_replicas=deployment.spare_replicas,
     )
 
 

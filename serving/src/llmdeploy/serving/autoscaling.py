@@ -28,8 +28,10 @@ sooner, since a new one would arrive after it is gone.
 for `upscale_delay_s`, to the smallest recommendation of that window; down only while the load
 fits the remaining replicas at `downscale_utilization` for `downscale_delay_s`, to the largest
 recommendation of that window (Kubernetes HPA's stabilisation windows); without a measured
-throughput at most half the replicas go at once. Scale to zero after `scale_to_zero_idle_s`
-with nothing in flight or queued; at zero the first request wakes a replica at once.
+throughput at most half the replicas go at once. `spare_replicas` (N+k) are added to both
+recommendations, for surges faster than a cold start, at the price of their GPUs all the time.
+Scale to zero after `scale_to_zero_idle_s` with nothing in flight or queued; at zero the first
+request wakes a replica at once.
 
 `decide(state, observation, config) -> Decision` is the whole policy: pure, no clock, no I/O;
 its reason and recent moves travel in the state. `QueueDepthPolicy` is what Ray Serve's
@@ -437,6 +439,15 @@ def decide(state: PolicyState, obs: Observation, config: ScalingConfig) -> Decis
         floor = max(floor, 1)
     floor = min(max(floor, obs.min_bound), ceiling)
     rec = _recommend(state, load, obs, config)
+    if config.spare_replicas:
+        spare = f"; +{config.spare_replicas} spare"
+        rec = replace(
+            rec,
+            up=rec.up + config.spare_replicas,
+            up_reason=rec.up_reason + spare,
+            down=rec.down + config.spare_replicas,
+            down_reason=rec.down_reason + spare,
+        )
     up = min(max(rec.up, floor), ceiling)
     down = min(max(rec.down, floor), ceiling)
 

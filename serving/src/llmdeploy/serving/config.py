@@ -79,6 +79,7 @@ class DeploymentArgs(_Args):
     cold_start_s: float | None = Field(
         default=None, gt=0, description="Seconds for a new replica to serve; None: the accelerator's default."
     )
+    spare_replicas: int = Field(default=0, ge=0, description="Replicas kept beyond what the load needs.")
     max_ongoing_requests: int = Field(ge=1, description="Requests in flight per replica.")
     max_queued_requests: int = Field(ge=0, description="Requests queued per deployment before 503.")
 
@@ -110,6 +111,14 @@ class ScalingConfig(_Args):
             "Seconds from asking for a replica to its first request (pod, model load, engine start). "
             "The policy projects load growth over this horizon, and does not add a replica for a "
             "backlog that the running ones drain sooner. Default 120 (GPU); 25-60 s measured on the CPU here."
+        ),
+    )
+    spare_replicas: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Replicas kept beyond what the load asks for (N+k) while any replica runs, so a surge "
+            "faster than a cold start lands on capacity that is already there."
         ),
     )
     kv_cache_high_watermark: float = Field(
