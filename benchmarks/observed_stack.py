@@ -39,6 +39,7 @@ from typing import Any, Final
 import yaml
 
 from llmdeploy.testing.local_stack import ENGINE_ENV as LOCAL_ENGINE_ENV
+from llmdeploy.testing.operator_process import free_port
 
 REPO: Final = Path(__file__).resolve().parents[1]
 CHART: Final = REPO / "charts" / "llmdeploy-operator"
@@ -80,14 +81,6 @@ ENGINE_ENV: Final = {
     # without one, as it does in a cluster.
     "RAY_AUTH_MODE": "disabled",
 }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], Any], *, timeout_s: float, what: str, poll_s: float = 0.5) -> Any:
