@@ -905,11 +905,15 @@ def ray_default_config(deployment: Deployment, target: float | None = None) -> d
     return config
 
 
+def queue_depth_config(deployment: Deployment, spare_replicas: int = 0) -> dict[str, Any]:
+    """The `autoscaling_config` that `build_app` renders for this deployment."""
+    args = deployment.args().model_copy(update={"spare_replicas": spare_replicas})
+    return app.autoscaling_config(args, max_num_seqs=deployment.max_num_seqs)
+
+
 def controllers(deployment: Deployment, trace: Trace, throughput: float) -> dict[str, Callable[[], Controller]]:
-    ours = app.autoscaling_config(deployment.args(), max_num_seqs=deployment.max_num_seqs)
-    spared = app.autoscaling_config(
-        deployment.args().model_copy(update={"spare_replicas": 1}), max_num_seqs=deployment.max_num_seqs
-    )
+    ours = queue_depth_config(deployment)
+    spared = queue_depth_config(deployment, spare_replicas=1)
     default = ray_default_config(deployment)
     made: dict[str, Callable[[], Controller]] = {
         "queue-depth": lambda: RayServeController("queue-depth", ours, reports_engine_stats=True),
@@ -1151,10 +1155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gpu": "simulated nvidia-h100-80gb",
         "deployment": Deployment().__dict__,
         "policies": {
-            "queue-depth": app.autoscaling_config(Deployment().args(), max_num_seqs=Deployment().max_num_seqs),
-            SPARE_POLICY: app.autoscaling_config(
-                Deployment().args().model_copy(update={"spare_replicas": 1}), max_num_seqs=Deployment().max_num_seqs
-            ),
+            "queue-depth": queue_depth_config(Deployment()),
+            SPARE_POLICY: queue_depth_config(Deployment(), spare_replicas=1),
             "ray-default": ray_default_config(Deployment()),
             "ray-tuned": ray_default_config(Deployment(), tuned),
             "ray-sweep": f"ray-default with target_ongoing_requests in {list(RAY_TARGETS)}",

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import yaml
 
-from llmdeploy.testing.local_stack import ENGINE_ENV as LOCAL_ENGINE_ENV
+from llmdeploy.testing.local_stack import ENGINE_ENV
 from llmdeploy.testing.operator_process import free_port
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -75,12 +75,6 @@ spec:
   autoscaling: {{enabled: true, minReplicas: 1, maxReplicas: 2, targetQueueDepth: 4}}
   responseCache: {{enabled: true, backend: memory}}
 """
-ENGINE_ENV: Final = {
-    **LOCAL_ENGINE_ENV,
-    # A token under ~/.ray turns on the dashboard's token auth; the operator reads the dashboard
-    # without one, as it does in a cluster.
-    "RAY_AUTH_MODE": "disabled",
-}
 
 
 def wait_until(condition: Callable[[], Any], *, timeout_s: float, what: str, poll_s: float = 0.5) -> Any:
@@ -480,9 +474,10 @@ def serving_stack(workdir: Path, *, metrics_port: int) -> Iterator[Serving]:
     try:
         for key, value in ENGINE_ENV.items():
             os.environ.setdefault(key, value)
-        # Forced: Ray's `ray.init` of a new local cluster writes RAY_AUTH_MODE=token into the
-        # driver's environment, so any earlier Ray in this process leaves it set.
-        os.environ["RAY_AUTH_MODE"] = ENGINE_ENV["RAY_AUTH_MODE"]
+        # The operator reads the dashboard without a token, as it does in a cluster. Forced, not
+        # defaulted: `ray.init` of a new local cluster writes RAY_AUTH_MODE=token into the driver's
+        # environment (and a token under ~/.ray turns it on), so an earlier Ray leaves it set.
+        os.environ["RAY_AUTH_MODE"] = "disabled"
         for key in (tinymodel.MODEL_CACHE_ENV, "VLLM_CACHE_ROOT", "TORCH_HOME"):
             os.environ.setdefault(key, str(workdir / key.lower()))
         tinymodel.ensure_tiny_model("tiny")

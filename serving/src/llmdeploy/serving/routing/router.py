@@ -211,7 +211,7 @@ class PrefixAwareRouter(RequestRouter):
         # A router also lives in every driver that holds a handle to the engine deployment,
         # on Ray Serve's router thread, which outlives `ray.shutdown()`. Any Ray call after that
         # would start a fresh local cluster in the driver, so the loop ends with the connection.
-        while ray.is_initialized():
+        while True:
             await asyncio.sleep(self._sync_interval_s)
             if not ray.is_initialized():
                 return
