@@ -28,23 +28,28 @@ five arrival traces. What it runs for real:
   s), and HPA's default rate limits (up: max(100 %, 4 pods) per 15 s). It cannot scale to zero.
 - **"oracle-now"** is a reference, not a baseline: it knows the true arrival rate at every
   moment (no metric lag, no delay) and sizes for it at 90 % of a saturated replica, but its
-  replicas take their cold start like the others: its SLO is what reacting can achieve.
+  replicas take their cold start like the others: its SLO is about what reacting can achieve.
+- **"clairvoyant"** is a reference too: the same, sized for the highest true rate of the next
+  180 s (the longest cold start), so its replicas are ready before their load arrives. Its
+  replica-seconds are what meeting the SLO costs with perfect foresight: the goals are checked
+  for it as well, to show which of them foresight alone can meet.
 
 Traces (one hour or 50 minutes each, Poisson arrivals, log-normal prompt and output lengths):
 a step surge, a compressed day (sine-squared ramp), bursts of long-context requests, an idle
 gap then a burst, and the same with scale to zero. Every run starts with the replicas its
 first rate needs.
 
-Replicas: a cold start of 60-180 s each (uniform, seeded; the GPU stays allocated while it
-starts); the service time comes from the H100 cost model in `shared/measurements/
-h100-costmodel.json` (prefill time by the tokens admitted in a step, decode step time by batch
-size, linear between the measured points and beyond 64 on the 32->64 slope; the file's eager
-decode times are an upper bound for vLLM and are used as they are). Continuous batching up to
-max_num_seqs, FCFS admission while the KV cache has room (440k tokens: 0.9 x 80 GiB less 16 GB
-of weights and 3 GB of activations, at 128 KiB per token), vLLM-style recompute preemption
-when it overflows. The router sends a request to the less loaded of two random ready replicas
-with a free slot, else it queues at the handle; a stopped replica drains for Ray's 20 s
-graceful-shutdown timeout and aborts what is left. Time advances in 0.25 s steps.
+Replicas: a cold start of 60-180 s each (uniform, seeded; every policy's n-th new replica draws
+the same one; the GPU stays allocated while it starts); the service time comes from the H100
+cost model in `shared/measurements/h100-costmodel.json` (prefill time by the tokens admitted in
+a step, decode step time by batch size, linear between the measured points and beyond 64 on the
+32->64 slope; the file's eager decode times are an upper bound for vLLM and are used as they
+are). Continuous batching up to max_num_seqs, FCFS admission while the KV cache has room (440k
+tokens: 0.9 x 80 GiB less 16 GB of weights and 3 GB of activations, at 128 KiB per token),
+vLLM-style recompute preemption when it overflows. The router sends a request to the less
+loaded of two random ready replicas with a free slot, else it queues at the handle; a stopped
+replica drains for Ray's 20 s graceful-shutdown timeout and aborts what is left. Time advances
+in 0.25 s steps.
 
 Reported per trace and policy: the fraction of requests whose queue wait (arrival to the start
 of prefill; shed and aborted requests count as misses) is within the 2 s SLO, p95 wait,
@@ -89,7 +94,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import RESULTS, table, write
+from results import RESULTS, shown, table, write
 
 from llmdeploy.serving import app
 from llmdeploy.serving.autoscaling import FINISHED_RATE_KEY, KV_CACHE_USAGE_KEY, RUNNING_KEY, WAITING_KEY
@@ -662,12 +667,30 @@ class OracleController:
     def observe(self, t: float, cluster: Cluster) -> None:
         pass
 
+    def rate(self, t: float) -> float:
+        return self.trace.total_rate(t)
+
     def decide(self, t: float, cluster: Cluster) -> int:
-        rate = self.trace.total_rate(t)
+        rate = self.rate(t)
         floor = 0 if self.deployment.scale_to_zero_idle_s is not None and rate == 0 else self.deployment.min_replicas
         busy = cluster.handle_queue or any(r.ongoing for r in cluster.replicas)
         desired = max(math.ceil(rate / (0.9 * self.throughput)), floor, 1 if busy else 0)
         return min(desired, self.deployment.max_replicas)
+
+
+class ClairvoyantController(OracleController):
+    """A reference, not a baseline: sees the arrival rate one longest cold start ahead.
+
+    It sizes for the highest true rate of the next 180 s, so every replica it asks for is ready
+    before its load arrives: what meeting the SLO costs with perfect foresight, and so a lower
+    bound on the replica-seconds of any policy at that SLO.
+    """
+
+    name = "clairvoyant"
+
+    def rate(self, t: float) -> float:
+        ahead = np.arange(t, t + COLD_START_RANGE_S[1] + DT_S, DT_S)
+        return max(self.trace.total_rate(float(x)) for x in ahead)
 
 
 # --- the simulation ---------------------------------------------------------------------------
@@ -678,6 +701,9 @@ class SimCluster:
     deployment: Deployment
     cost: CostModel
     rng: np.random.Generator
+    # Cold starts come from their own stream, so that every policy's n-th new replica takes the
+    # same time to start, whatever the router drew before (common random numbers).
+    starts: np.random.Generator
     replicas: list[Replica] = field(default_factory=list)
     stopping: list[Replica] = field(default_factory=list)
     handle_queue: deque[int] = field(default_factory=deque)
@@ -693,9 +719,9 @@ class SimCluster:
     def scale_to(self, t: float, n: int, controller: Controller, aborted: list[int]) -> None:
         while len(self.replicas) < n:
             self.next_id += 1
-            cold = float(self.rng.uniform(*COLD_START_RANGE_S))
+            cold = float(self.starts.uniform(*COLD_START_RANGE_S))
             replica = Replica(f"r{self.next_id:04d}", t + cold, t, self.deployment)
-            replica.report_phase = t + cold + float(self.rng.uniform(0, PUSH_INTERVAL_S))
+            replica.report_phase = t + cold + float(self.starts.uniform(0, PUSH_INTERVAL_S))
             self.replicas.append(replica)
         while len(self.replicas) > n:
             # Ray stops replicas that are still starting first, then the least loaded.
@@ -771,7 +797,7 @@ def simulate(
     finish = np.full(n, np.nan)
     shed = np.zeros(n, dtype=bool)
     aborted: list[int] = []
-    cluster = SimCluster(deployment, cost, rng)
+    cluster = SimCluster(deployment, cost, rng, np.random.default_rng([seed, 1]))
     SimClock.now = 0.0
     # Every policy starts warm, with the replicas the first arrival rate needs.
     initial = max(int(getattr(controller, "initial", deployment.min_replicas)), warm_replicas)
@@ -921,6 +947,7 @@ def controllers(deployment: Deployment, trace: Trace, throughput: float) -> dict
         "ray-default": lambda: RayServeController("ray-default", default, reports_engine_stats=False),
         "hpa": lambda: HPAController(deployment),
         "oracle-now": lambda: OracleController(trace, deployment, throughput),
+        "clairvoyant": lambda: ClairvoyantController(trace, deployment, throughput),
     }
     for target in RAY_TARGETS:
         name = sweep_name(target)
@@ -964,7 +991,8 @@ def ray_at_equal_slo(by_policy: dict[str, RunResult], slo: float) -> tuple[RunRe
 
 # The queue-depth policy with `autoscaling.spareReplicas: 1`: the SLO bought with one standing replica.
 SPARE_POLICY = "queue-depth+1"
-MAIN_POLICIES = ("queue-depth", SPARE_POLICY, "ray-default", "ray-tuned", "hpa", "oracle-now")
+MAIN_POLICIES = ("queue-depth", SPARE_POLICY, "ray-default", "ray-tuned", "hpa", "oracle-now", "clairvoyant")
+REFERENCES = ("oracle-now", "clairvoyant")
 PLOT_COLOURS = {
     "queue-depth": "tab:blue",
     SPARE_POLICY: "tab:purple",
@@ -972,6 +1000,7 @@ PLOT_COLOURS = {
     "ray-tuned": "tab:red",
     "hpa": "tab:green",
     "oracle-now": "tab:gray",
+    "clairvoyant": "tab:brown",
 }
 
 
@@ -992,7 +1021,7 @@ def plot(trace: Trace, results: Sequence[RunResult]) -> Path | None:
     for res in results:
         t = np.asarray(res.timeline["t"]) / 60
         style = {"label": res.policy, "color": PLOT_COLOURS.get(res.policy), "linewidth": 1.2}
-        if res.policy == "oracle-now":
+        if res.policy in REFERENCES:
             style["linestyle"] = ":"
         queue.plot(t, res.timeline["waiting"], **style)
         replicas.step(t, res.timeline["ready"], where="post", **style)
@@ -1115,7 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for trace in traces:
             path = plot(trace, [results[trace.name][name] for name in MAIN_POLICIES])
             if path is not None:
-                plots.append(str(path.relative_to(REPO)))
+                plots.append(shown(path))
     columns = [
         "trace",
         "policy",
@@ -1141,9 +1170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nWith autoscaling.spareReplicas = 1 ({SPARE_POLICY}):")
     for text, ok, detail in spare_goals:
         print(f"{'PASS' if ok else 'FAIL'}  {text}: {detail}")
+    # The same goals for perfect foresight: whether they can be met at all, and at what cost.
+    foresight_goals = check_goals(results, "clairvoyant")
+    print("\nWith foresight (clairvoyant, a reference: the true rate 180 s ahead):")
+    for text, ok, detail in foresight_goals:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}: {detail}")
     print(
-        "\noracle-now is a reference, not a baseline: it knows the true arrival rate without lag and"
-        "\nmoves at once, but its replicas still take their cold start; its SLO bounds what reacting can do."
+        "\noracle-now and clairvoyant are references, not baselines: they know the true arrival rate"
+        "\n(now, or 180 s ahead) without lag and move at once, and their replicas take the same cold starts."
+        "\noracle-now's SLO is about what reacting can do; clairvoyant's cost is what foresight needs."
     )
     if not plots and not opts.no_plots:
         print("\nmatplotlib is not installed: no timeline plots (the timelines are in the JSON)")
@@ -1163,6 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hpa": "batch occupancy target 0.7, tolerance 0.1, sync 15 s, metric lag 60 s (30 s average), "
             "scale-down stabilisation 300 s, up at most max(100 %, 4 pods) per 15 s, no scale to zero",
             "oracle-now": "reference: the true current arrival rate at 90 % of a saturated replica, no lag or delay",
+            "clairvoyant": "reference: the highest true arrival rate of the next 180 s at 90 % of a saturated replica",
         },
         "cold_start_s": COLD_START_RANGE_S,
         "slo_wait_s": SLO_WAIT_S,
@@ -1182,6 +1218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goals_with_one_spare_replica": [
             {"goal": text, "met": ok, "detail": detail} for text, ok, detail in spare_goals
         ],
+        "goals_with_foresight": [{"goal": text, "met": ok, "detail": detail} for text, ok, detail in foresight_goals],
         "plots": plots,
         "timelines": {
             trace: {policy: coarse(by_policy[policy].timeline) for policy in MAIN_POLICIES}
@@ -1193,7 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     path = write(opts.out, payload)
-    print(f"\nwrote {path.relative_to(REPO)} in {time.monotonic() - started:.0f} s")
+    print(f"\nwrote {shown(path)} in {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def shown(path: Path) -> str:
+    """A path relative to the checkout where it is inside it (results may be written elsewhere)."""
+    return str(path.relative_to(CHECKOUT)) if path.is_relative_to(CHECKOUT) else path.name
 
 
 def _version(package: str) -> str | None:

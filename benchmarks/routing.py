@@ -90,7 +90,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import RESULTS, table, write
+from results import RESULTS, shown, table, write
 
 from llmdeploy.serving.routing.index import PrefixIndex, block_hashes
 from llmdeploy.serving.routing.policy import PrefillBacklog, ReplicaLoad, RoutingParams, choose
@@ -767,11 +767,6 @@ def plot(results: dict[str, dict[str, RunResult]], path: Path) -> Path:
     return path
 
 
-def _shown(path: Path) -> str:
-    """A path relative to the checkout where it is inside it."""
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small traces (a few seconds; for tests)")
@@ -888,10 +883,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed, by_trace in per_seed.items()
         },
         "goals": [{"goal": text, "met": ok, "detail": detail} for text, ok, detail in goals],
-        "plot": None if png is None else _shown(png),
+        "plot": None if png is None else shown(png),
     }
     path = write(opts.out, payload)
-    wrote = _shown(path) if png is None else f"{_shown(path)} and {_shown(png)}"
+    wrote = shown(path) if png is None else f"{shown(path)} and {shown(png)}"
     print(f"\nwrote {wrote} in {time.monotonic() - started:.0f} s")
     return 0
 
