@@ -33,6 +33,7 @@ from llmdeploy.serving.autoscaling import (
     PolicyState,
     QueueDepthPolicy,
     ReplicaLoad,
+    _full_batch_throughput,
     decide,
 )
 from llmdeploy.serving.config import Accelerator, DeploymentArgs, ScalingConfig
@@ -66,6 +67,14 @@ class Fluid:
     backlog: float = 0.0
     kv_cache_usage: float = 0.1
     starting: list[float] = field(default_factory=list)  # times the starting replicas serve
+    # Seconds a request's time in the batch grows per running sequence (decode steps slow down
+    # as the batch grows); a full batch still completes MU per second.
+    slowdown: float = 0.0
+
+    def running(self, per_replica: float) -> float:
+        """Requests in one unsaturated replica's batch (Little's law with the batch curve)."""
+        base = SEQS / MU - self.slowdown * SEQS
+        return per_replica * base / (1 - per_replica * self.slowdown)
 
     def ready(self, t: float) -> int:
         return self.replicas - sum(1 for at in self.starting if at > t)
@@ -84,7 +93,7 @@ class Fluid:
         if ready == 0:
             return Observation(t, 0, self.replicas, handle_queued=self.backlog, ongoing=self.backlog)
         saturated = self.backlog > 0 or arrivals >= capacity
-        running = SEQS if saturated else arrivals / ready * SEQS / MU
+        running = SEQS if saturated else self.running(arrivals / ready)
         finished = MU if saturated else arrivals / ready
         in_engine = min(self.backlog / ready, SEQS)
         loads = tuple(
@@ -118,9 +127,10 @@ def drive(
     replicas: int = 1,
     state: PolicyState | None = None,
     kv_cache_usage: float = 0.1,
+    slowdown: float = 0.0,
 ) -> list[Step]:
     """Decide once a second over the fluid model, applying each decision as Ray would."""
-    world = Fluid(replicas, kv_cache_usage=kv_cache_usage)
+    world = Fluid(replicas, kv_cache_usage=kv_cache_usage, slowdown=slowdown)
     state = state or PolicyState()
     steps = []
     t = 0.0
@@ -283,6 +293,51 @@ def test_cold_start_allowance_scales_a_ramp_earlier_the_longer_replicas_take() -
     assert slow_s < fast_s
     # With a long cold start the replica is asked for well before a queue would form.
     assert slow_s < queue_s - 60
+
+
+def test_the_batch_curve_sees_the_knee_before_the_first_replica_saturates() -> None:
+    # A ramp on one replica that never saturated: no measured throughput. Its requests spend
+    # longer in a fuller batch (4 s at an empty one, 8 s at a full one), and that curve says
+    # where the replica will saturate (MU per second) before it does.
+    def ramp(t: float) -> float:
+        return 1.0 + 0.006 * t
+
+    saturates_at = (MU - 1.0) / 0.006
+    curved = drive(config(cold_start_s=120.0), ramp, until_s=700, slowdown=4.0 / SEQS)
+    flat = drive(config(cold_start_s=120.0), ramp, until_s=700)
+
+    (curve_s, _, _), (flat_s, _, _) = first_change(curved), first_change(flat)
+    # Asked for at least one cold start before saturation; a flat curve (the same saturation
+    # point) leaves the queue view alone, which sees it later.
+    assert curve_s <= saturates_at - 120.0 < flat_s
+    assert "batch curve" in next(s.reason for s in curved if s.time_s == curve_s)
+    # Nobody waits for a slot.
+    assert max(s.backlog for s in curved) == 0
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        # On the line 4 + B/8 seconds: a full batch of 32 takes 8 s, so 4 requests per second.
+        ([(b, 4.0 + b / 8) for b in (4, 8, 12, 16, 20, 24)], 4.0),
+        ([(b, 4.0 + b / 8) for b in (4, 8, 12, 16, 20)], None),  # too few samples
+        ([(b, 4.0 + b / 8) for b in (10, 11, 12, 13, 14, 15)], None),  # too narrow a spread
+        ([(b, 6.0) for b in (4, 8, 12, 16, 20, 24)], None),  # flat: says nothing about the knee
+    ],
+)
+def test_full_batch_throughput_extrapolates_the_batch_curve(
+    samples: list[tuple[float, float]], expected: float | None
+) -> None:
+    estimate = _full_batch_throughput(samples, SEQS)
+    assert estimate == (None if expected is None else pytest.approx(expected))
+
+
+def test_a_noisy_batch_curve_does_not_bring_the_knee_nearer() -> None:
+    exact = [(float(b), 4.0 + b / 8) for b in range(4, 28, 2)]
+    noisy = [(b, t + (0.8 if i % 2 else -0.8)) for i, (b, t) in enumerate(exact)]
+    estimate = _full_batch_throughput(noisy, SEQS)
+    # One standard error off the slope: noise makes the estimate higher (later), never lower.
+    assert estimate is not None and estimate > 4.0
 
 
 @pytest.mark.parametrize(

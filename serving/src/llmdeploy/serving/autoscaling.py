@@ -16,7 +16,10 @@ holds two views of the load:
 - **Flow view**, once a saturated replica's completion rate has been measured (replicas with
   requests waiting, after their first minute): arrivals per second (completions plus the growth
   of the requests in the system, which is conservation) against that throughput, loaded to at
-  most `upscale_utilization`.
+  most `upscale_utilization`. Until then, the throughput the **batch curve** predicts: a
+  request's seconds in the batch (running / completions, Little's law) grow with the batch, and
+  a line through the unsaturated replicas' points, extrapolated to `max_num_seqs`, says where a
+  replica saturates before one has. That estimate adds replicas; it never holds one back.
 
 **Cold start.** A replica helps `cold_start_s` after it is asked for, so both views look that
 far ahead by the arrivals' trend (a Theil-Sen slope less its error: ramps count, bursts and
@@ -83,6 +86,11 @@ _WARM_S: Final = 60.0
 # Weights of the newest sample in the rate estimates (exponentially weighted means).
 _GROWTH_WEIGHT: Final = 0.5
 _SERVICE_WEIGHT: Final = 0.3
+# Batch samples (running, seconds per request) of unsaturated replicas kept for the batch curve;
+# the fewest that make one, and the spread of batch sizes (a share of max_num_seqs) they must cover.
+_BATCH_SAMPLES: Final = 16
+_BATCH_MIN_SAMPLES: Final = 6
+_BATCH_MIN_SPREAD: Final = 0.25
 # Arrival samples the trend is fitted over (one per `growth_window_s`), and the fewest that make one.
 _TREND_SAMPLES: Final = 10
 _TREND_MIN_SAMPLES: Final = 4
@@ -153,6 +161,11 @@ class PolicyState:
     arrival_per_s: float | None = None
     arrival_last_per_s: float | None = None
     service_per_replica_s: float | None = None
+    # Until a saturated replica has been measured: (running, seconds per request) of warm,
+    # unsaturated replicas, from which the batch curve extrapolates a full batch's throughput.
+    batch_samples: tuple[tuple[float, float], ...] = ()
+    # Their extrapolated full-batch throughput (requests per second), smoothed; kept once made.
+    batch_estimate_per_s: float | None = None
     # Arrival samples (time, per second) of the last `_TREND_SAMPLES` windows, for the trend.
     arrivals: tuple[tuple[float, float], ...] = ()
     reason: str = ""
@@ -177,6 +190,8 @@ class PolicyState:
             "arrival_per_s": self.arrival_per_s,
             "arrival_last_per_s": self.arrival_last_per_s,
             "service_per_replica_s": self.service_per_replica_s,
+            "batch_samples": [list(item) for item in self.batch_samples],
+            "batch_estimate_per_s": self.batch_estimate_per_s,
             "arrivals": [list(item) for item in self.arrivals],
             "reason": self.reason,
             "history": [list(item) for item in self.history],
@@ -200,11 +215,14 @@ class PolicyState:
             for item in data.get("history") or ()
             if isinstance(item, list | tuple) and len(item) == 4
         )
-        arrivals = tuple(
-            (float(item[0]), float(item[1]))
-            for item in data.get("arrivals") or ()
-            if isinstance(item, list | tuple) and len(item) == 2
-        )
+
+        def pairs(key: str) -> tuple[tuple[float, float], ...]:
+            return tuple(
+                (float(item[0]), float(item[1]))
+                for item in data.get(key) or ()
+                if isinstance(item, list | tuple) and len(item) == 2
+            )
+
         metrics = data.get("metrics")
         first_seen = data.get("first_seen")
         return cls(
@@ -225,7 +243,9 @@ class PolicyState:
             arrival_per_s=number("arrival_per_s"),
             arrival_last_per_s=number("arrival_last_per_s"),
             service_per_replica_s=number("service_per_replica_s"),
-            arrivals=arrivals,
+            batch_samples=pairs("batch_samples"),
+            batch_estimate_per_s=number("batch_estimate_per_s"),
+            arrivals=pairs("arrivals"),
             reason=str(data.get("reason") or ""),
             history=history,
             metrics=dict(metrics) if isinstance(metrics, Mapping) else {},
@@ -248,6 +268,7 @@ class _Load:
     finished_per_s: float
     # The replicas with requests waiting in their engine.
     saturated: tuple[ReplicaLoad, ...]
+    replicas: tuple[ReplicaLoad, ...] = ()
 
     @property
     def waiting(self) -> float:
@@ -267,6 +288,7 @@ def _load(obs: Observation, config: ScalingConfig) -> _Load:
             kv_cache_usage=sum(r.kv_cache_usage for r in obs.replicas) / len(obs.replicas),
             finished_per_s=sum(r.finished_per_s for r in obs.replicas),
             saturated=tuple(r for r in obs.replicas if r.waiting >= _SATURATED_WAITING),
+            replicas=obs.replicas,
         )
     # No engine has reported (yet): Ray's own count of requests at replicas, split at the batch size.
     at_replicas = max(0.0, obs.ongoing - obs.handle_queued)
@@ -303,6 +325,24 @@ def _estimate(state: PolicyState, load: _Load, now: float, config: ScalingConfig
     ]
     if rates:
         service = _ewma(service, sum(rates) / len(rates), _SERVICE_WEIGHT)
+    batch: tuple[tuple[float, float], ...] = ()
+    estimate = state.batch_estimate_per_s
+    if service is None:
+        # Little's law per replica: seconds a request spends in the batch = running / completions.
+        batch = (
+            *state.batch_samples,
+            *(
+                (r.running, r.running / r.finished_per_s)
+                for r in load.replicas
+                if r.waiting < _SATURATED_WAITING
+                and r.running >= 1
+                and r.finished_per_s > 0
+                and now - state.first_seen.get(r.replica, now) >= _WARM_S
+            ),
+        )[-_BATCH_SAMPLES:]
+        full = _full_batch_throughput(batch, config.max_num_seqs)
+        if full is not None:
+            estimate = _ewma(estimate, full, _SERVICE_WEIGHT)
     return replace(
         state,
         anchor_time=now,
@@ -312,8 +352,37 @@ def _estimate(state: PolicyState, load: _Load, now: float, config: ScalingConfig
         arrival_per_s=_ewma(state.arrival_per_s, arrival, _GROWTH_WEIGHT),
         arrival_last_per_s=arrival,
         service_per_replica_s=service,
+        batch_samples=batch,
+        batch_estimate_per_s=estimate,
         arrivals=(*state.arrivals, (now, arrival))[-_TREND_SAMPLES:],
     )
+
+
+def _full_batch_throughput(samples: Sequence[tuple[float, float]], max_num_seqs: int) -> float | None:
+    """Requests per second a replica would complete with a full batch, from its batch curve.
+
+    A request's time in the batch grows with the batch (a decode step reads more KV cache and
+    does more work per step): a least-squares line through (running, seconds per request)
+    extrapolated to `max_num_seqs`. None until the samples cover enough batch sizes, or when the
+    line does not rise (a flat curve says nothing about the knee).
+    """
+    n = len(samples)
+    if n < _BATCH_MIN_SAMPLES:
+        return None
+    sizes = [b for b, _ in samples]
+    if max(sizes) - min(sizes) < _BATCH_MIN_SPREAD * max_num_seqs:
+        return None
+    mean_b = sum(sizes) / n
+    mean_t = sum(t for _, t in samples) / n
+    spread = sum((b - mean_b) ** 2 for b in sizes)
+    slope = sum((b - mean_b) * (t - mean_t) for b, t in samples) / spread
+    residual = sum((t - mean_t - slope * (b - mean_b)) ** 2 for b, t in samples) / (n - 2)
+    # Less one standard error: noise must not make the knee look nearer than it is.
+    slope -= math.sqrt(residual / spread)
+    if slope <= 0:
+        return None
+    full = mean_t + slope * (max_num_seqs - mean_b)
+    return max_num_seqs / full
 
 
 def _trend(samples: Sequence[tuple[float, float]]) -> float:
@@ -396,18 +465,22 @@ def _recommend(state: PolicyState, load: _Load, obs: Observation, config: Scalin
         up_reason = f"arrivals +{lift:.1f}/s over a {config.cold_start_s:.0f} s cold start"
     down = math.ceil(projected / (slot * config.downscale_utilization))
     down_reason = f"requests fit {config.downscale_utilization:.0%} of the queue target"
+    measured = service is not None
+    if not measured and down < obs.target_replicas:
+        # Without a measured throughput the running count is all there is, and it understates
+        # what fewer replicas would hold (larger batches step slower): at most half go at once.
+        down = max(down, math.ceil(obs.target_replicas / 2))
+    if service is None:
+        # Not measured yet: the batch curve's full-batch throughput, to see the knee coming.
+        service = state.batch_estimate_per_s
     if service is None or arrival is None:
-        if down < obs.target_replicas:
-            # Without a measured throughput the running count is all there is, and it understates
-            # what fewer replicas would hold (larger batches step slower): at most half go at once.
-            down = max(down, math.ceil(obs.target_replicas / 2))
         return _Recommendation(up, up_reason, down, down_reason)
     # Arrivals a cold start ahead, plus draining the excess backlog within one cold start.
     ahead = arrival_up + lift
     flow = math.ceil((ahead + excess / config.cold_start_s) / (service * config.upscale_utilization))
-    throughput = f"{service:.2f}/s per replica"
+    throughput = f"{service:.2f}/s per replica" + ("" if measured else " (batch curve)")
     hold_reason = ""
-    if excess > 0 and flow < up:
+    if excess > 0 and flow < up and measured:
         up = flow
         if flow <= obs.target_replicas:
             hold_reason = f"backlog of {excess:.0f} drains before a new replica could start"
