@@ -41,15 +41,14 @@ first rate needs.
 
 Replicas: a cold start of 60-180 s each (uniform, seeded; every policy's n-th new replica draws
 the same one; the GPU stays allocated while it starts); the service time comes from the H100
-cost model in `shared/measurements/h100-costmodel.json` (prefill time by the tokens admitted in
-a step, decode step time by batch size, linear between the measured points and beyond 64 on the
-32->64 slope; the file's eager decode times are an upper bound for vLLM and are used as they
-are). Continuous batching up to max_num_seqs, FCFS admission while the KV cache has room (440k
-tokens: 0.9 x 80 GiB less 16 GB of weights and 3 GB of activations, at 128 KiB per token),
-vLLM-style recompute preemption when it overflows. The router sends a request to the less
-loaded of two random ready replicas with a free slot, else it queues at the handle; a stopped
-replica drains for Ray's 20 s graceful-shutdown timeout and aborts what is left. Time advances
-in 0.25 s steps.
+cost model in `benchmarks/h100.py` (prefill time by the tokens admitted in a step, decode step
+time by batch size, linear between the measured points and beyond 64 on the 32->64 slope; its
+eager decode times are an upper bound for vLLM and are used as they are). Continuous batching
+up to max_num_seqs, FCFS admission while the KV cache has room (440k tokens: 0.9 x 80 GiB less
+16 GB of weights and 3 GB of activations, at 128 KiB per token), vLLM-style recompute
+preemption when it overflows. The router sends a request to the less loaded of two random ready
+replicas with a free slot, else it queues at the handle; a stopped replica drains for Ray's 20
+s graceful-shutdown timeout and aborts what is left. Time advances in 0.25 s steps.
 
 Reported per trace and policy: the fraction of requests whose queue wait (arrival to the start
 of prefill; shed and aborted requests count as misses) is within the 2 s SLO, p95 wait,
@@ -79,7 +78,6 @@ import bisect
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import sys
@@ -94,6 +92,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import h100
 from results import RESULTS, shown, table, write
 
 from llmdeploy.serving import app
@@ -101,7 +100,6 @@ from llmdeploy.serving.autoscaling import FINISHED_RATE_KEY, KV_CACHE_USAGE_KEY,
 from llmdeploy.serving.config import Accelerator, DeploymentArgs
 
 REPO = Path(__file__).resolve().parents[1]
-COST_MODEL = REPO.parent / "shared" / "measurements" / "h100-costmodel.json"
 
 DT_S = 0.25
 DECISION_PERIOD_S = 1.0
@@ -135,15 +133,14 @@ class CostModel:
     decode_s: tuple[float, ...]
 
     @classmethod
-    def load(cls, path: Path = COST_MODEL) -> CostModel:
-        data = json.loads(path.read_text())
-        prefill = sorted((int(k), v["ms"] / 1000) for k, v in data["llama8b_bf16_prefill_batch1"].items())
-        decode = sorted((int(k), v["ms_per_step"] / 1000) for k, v in data["llama8b_bf16_decode_step_ctx1024"].items())
+    def h100(cls) -> CostModel:
+        prefill = sorted(h100.PREFILL_MS.items())
+        decode = sorted(h100.DECODE_STEP_MS.items())
         return cls(
             tuple(float(t) for t, _ in prefill),
-            tuple(s for _, s in prefill),
+            tuple(ms / 1000 for _, ms in prefill),
             tuple(float(b) for b, _ in decode),
-            tuple(s for _, s in decode),
+            tuple(ms / 1000 for _, ms in decode),
         )
 
     def prefill_time(self, tokens: float) -> float:
@@ -1111,7 +1108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
     opts = parser.parse_args(argv)
     started = time.monotonic()
-    cost = CostModel.load()
+    cost = CostModel.h100()
     rng = np.random.default_rng(opts.seed)
     traces = make_traces(rng)
     if opts.traces:
@@ -1186,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "autoscaling",
         "seed": opts.seed,
         "wall_s": round(time.monotonic() - started, 1),
-        "model": "Llama-3-8B-shaped bf16 on one H100 per replica (cost model: shared/measurements/h100-costmodel.json)",
+        "model": h100.SOURCE,
         "gpu": "simulated nvidia-h100-80gb",
         "deployment": Deployment().__dict__,
         "policies": {

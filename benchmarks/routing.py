@@ -43,7 +43,7 @@ and output) again when it finishes, the way vLLM returns a finished request's bl
 tail of its free queue. A hit never covers a prompt's last token (vLLM recomputes it).
 
 Service times come from the H100 cost model measured for this project
-(`shared/measurements/h100-costmodel.json`, Llama-3-8B-shaped bf16, copied below): prefill of
+(`benchmarks/h100.py`, Llama-3-8B-shaped bf16): prefill of
 n tokens 20.2 ms (n <= 512) rising to 62.3 ms at 2,048 and 264 ms at 8,192 (linear between);
 decode step 17.9 ms at batch 1, 18.6 at 8, 25.7 at 32, 40.5 at 64, extrapolated linearly
 beyond (eager PyTorch: an upper bound for vLLM; used as measured). A step that mixes prefill
@@ -90,6 +90,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import h100
 from results import RESULTS, shown, table, write
 
 from llmdeploy.serving.routing.index import PrefixIndex, block_hashes
@@ -98,9 +99,6 @@ from llmdeploy.serving.routing.view import INDEX_GRANULARITY_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
 
-# shared/measurements/h100-costmodel.json: Llama-3-8B-shaped bf16 on one H100 (ms).
-PREFILL_MS = {128: 20.17, 512: 19.67, 2048: 62.33, 8192: 264.2}
-DECODE_STEP_MS = {1: 17.94, 8: 18.63, 32: 25.74, 64: 40.48}
 VOCAB = 128_000
 
 
@@ -123,10 +121,10 @@ class CostModel:
     """Step times of one replica, linear between the measured points."""
 
     def __init__(self) -> None:
-        self._px = [float(k) for k in sorted(PREFILL_MS)]
-        self._py = [PREFILL_MS[k] / 1000 for k in sorted(PREFILL_MS)]
-        self._dx = [float(k) for k in sorted(DECODE_STEP_MS)]
-        self._dy = [DECODE_STEP_MS[k] / 1000 for k in sorted(DECODE_STEP_MS)]
+        self._px = [float(k) for k in sorted(h100.PREFILL_MS)]
+        self._py = [h100.PREFILL_MS[k] / 1000 for k in sorted(h100.PREFILL_MS)]
+        self._dx = [float(k) for k in sorted(h100.DECODE_STEP_MS)]
+        self._dy = [h100.DECODE_STEP_MS[k] / 1000 for k in sorted(h100.DECODE_STEP_MS)]
 
     @staticmethod
     def _interp(x: float, xs: list[float], ys: list[float]) -> float:
@@ -858,10 +856,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "statistic": "median over seeds" if len(seeds) > 1 else "one seed",
         "quick": opts.quick,
         "wall_s": round(time.monotonic() - started, 1),
-        "model": "Llama-3-8B-shaped bf16 on one H100 per replica (cost model: shared/measurements/h100-costmodel.json)",
+        "model": h100.SOURCE,
         "gpu": "simulated nvidia-h100-80gb",
         "setup": asdict(setup),
-        "cost_model": {"prefill_ms": PREFILL_MS, "decode_step_ms": DECODE_STEP_MS},
+        "cost_model": {"prefill_ms": h100.PREFILL_MS, "decode_step_ms": h100.DECODE_STEP_MS},
         "ours_params": asdict(RoutingParams(block_size=setup.block_size, max_load_ratio=setup.max_load_ratio)),
         "ray_prefix_kwargs": {
             "imbalanced_threshold": [str(t) for t in thresholds],

@@ -51,7 +51,7 @@ def test_every_policy_draws_the_same_cold_starts() -> None:
         rng = np.random.default_rng(3)
         rng.random(router_draws)  # what routing drew before differs between policies
         deployment = autoscaling.Deployment()
-        cluster = autoscaling.SimCluster(deployment, autoscaling.CostModel.load(), rng, np.random.default_rng([3, 1]))
+        cluster = autoscaling.SimCluster(deployment, autoscaling.CostModel.h100(), rng, np.random.default_rng([3, 1]))
         started: list[autoscaling.Replica] = []
         for i, n in enumerate(scale_steps):
             cluster.scale_to(float(i), n, Quiet(), [])  # type: ignore[arg-type]
@@ -62,3 +62,16 @@ def test_every_policy_draws_the_same_cold_starts() -> None:
     all_at_once = cold_starts(17, [4])
     assert one_at_a_time == all_at_once
     assert all(60.0 <= s <= 180.0 for s in one_at_a_time)
+
+
+MEASURED = Path(__file__).resolve().parents[3] / "shared" / "measurements" / "h100-costmodel.json"
+
+
+@pytest.mark.skipif(not MEASURED.exists(), reason="the measured H100 cost model (test data) is not present")
+def test_the_simulations_cost_model_is_the_measured_one() -> None:
+    import h100
+
+    measured = json.loads(MEASURED.read_text())
+    prefill = {int(k): v["ms"] for k, v in measured["llama8b_bf16_prefill_batch1"].items()}
+    decode = {int(k): v["ms_per_step"] for k, v in measured["llama8b_bf16_decode_step_ctx1024"].items()}
+    assert (prefill, decode) == (h100.PREFILL_MS, h100.DECODE_STEP_MS)
