@@ -30,12 +30,16 @@ class FakeDashboard:
         self.details: dict[str, Any] = {"applications": {}}
         self.metrics = ray_metrics_text(None)
         self.paths: list[str] = []
+        # An HTTP status to refuse every read with (a dashboard behind Ray token authentication).
+        self.refuse: int | None = None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.paths.append(self.path)
-                if self.path.endswith("/metrics"):
+                if outer.refuse is not None:
+                    code, body, kind = outer.refuse, b"Unauthorized", "text/plain"
+                elif self.path.endswith("/metrics"):
                     code, body, kind = 200, outer.metrics.encode(), "text/plain; version=0.0.4"
                 elif self.path.endswith("/api/serve/applications/"):
                     code, body, kind = 200, json.dumps(outer.details).encode(), "application/json"
@@ -153,4 +157,42 @@ def test_status_takes_rays_own_decisions_where_ray_reports_them(
         assert status()["queueDepth"] == 1.0
     finally:
         operator.stop()
+    assert "Traceback" not in operator.output
+
+
+def test_a_dashboard_that_wants_a_token_is_named_once_and_the_status_follows_the_spec(
+    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path
+) -> None:
+    operator = OperatorProcess(
+        tmp_path / "kubeconfig",
+        tmp_path / "operator.log",
+        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
+    )
+    operator.start()
+    try:
+        dashboard.refuse = 401
+        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
+        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
+
+        def status() -> dict[str, Any]:
+            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+
+        def refusals() -> int:
+            return operator.output.count("the Ray dashboard refused to answer (HTTP 401")
+
+        wait_for(lambda: len(dashboard.paths) >= 4, what="several refused reads", operator=operator)
+        assert refusals() == 1
+        assert "token authentication" in operator.output
+        assert status().get("desiredReplicas") == 1
+        assert "queueDepth" not in status()
+
+        # Readable again, then refused again: the next refusal is named again.
+        dashboard.refuse = None
+        dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
+        wait_for(lambda: status().get("desiredReplicas") == 2, what="the dashboard's target", operator=operator)
+        dashboard.refuse = 403
+        wait_for(lambda: "refused to answer (HTTP 403" in operator.output, what="the second refusal", operator=operator)
+    finally:
+        operator.stop()
+    assert refusals() == 1
     assert "Traceback" not in operator.output

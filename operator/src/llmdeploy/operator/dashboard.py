@@ -28,6 +28,10 @@ DEFAULT_URL_TEMPLATE: Final = "http://{name}-head-svc.{namespace}.svc.cluster.lo
 METRICS_URL_TEMPLATE_ENV: Final = "LLMDEPLOY_RAY_METRICS_URL_TEMPLATE"
 DEFAULT_METRICS_URL_TEMPLATE: Final = "http://{name}-head-svc.{namespace}.svc.cluster.local:8080"
 TIMEOUT_S: Final = 3.0
+# Answers that mean the dashboard wants credentials (Ray token authentication is on).
+_REFUSED: Final = frozenset({401, 403})
+# Deployments whose dashboard refused the last read, so the warning is logged once per refusal.
+_refused: set[tuple[str, str]] = set()
 
 
 def dashboard_url(deployment_name: str, namespace: str) -> str | None:
@@ -49,6 +53,9 @@ async def observe(deployment_name: str, namespace: str) -> ServeObservation | No
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
         try:
             async with session.get(url) as response:
+                if response.status in _REFUSED:
+                    _warn_refused(namespace, deployment_name, url, response.status)
+                    return None
                 if response.status != 200:
                     logger.debug("dashboard %s answered %s", url, response.status)
                     return None
@@ -56,11 +63,31 @@ async def observe(deployment_name: str, namespace: str) -> ServeObservation | No
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             logger.debug("dashboard %s unreachable: %s", url, exc)
             return None
+        _refused.discard((namespace, deployment_name))
         observation = engine_observation(details) if isinstance(details, dict) else None
         if observation is None or observation.queue_depth is not None:
             return observation
         depth = await _policy_queue_depth(session, metrics_url(deployment_name, namespace))
     return observation if depth is None else dataclasses.replace(observation, queue_depth=depth)
+
+
+def _warn_refused(namespace: str, deployment_name: str, url: str, status: int) -> None:
+    """Say once why the status stops following the application, and what to do about it."""
+    if (namespace, deployment_name) in _refused:
+        return
+    _refused.add((namespace, deployment_name))
+    logger.warning(
+        "%s/%s: the Ray dashboard refused to answer (HTTP %s from %s): Ray token authentication is "
+        "on for its cluster, and the operator holds no Ray token. status.replicas, readyReplicas "
+        "and desiredReplicas follow the spec and status.queueDepth and scalingHistory stay as they "
+        "are until the dashboard answers without a token; set %s to a proxy that adds it, or "
+        "turn token authentication off for this cluster.",
+        namespace,
+        deployment_name,
+        status,
+        url,
+        URL_TEMPLATE_ENV,
+    )
 
 
 async def _policy_queue_depth(session: aiohttp.ClientSession, base: str | None) -> float | None:
