@@ -70,6 +70,31 @@ def dashboard() -> Iterator[FakeDashboard]:
     fake.close()
 
 
+@pytest.fixture
+def running(
+    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OperatorProcess]:
+    """The real operator, reading the fake head, with the LLMDeployment `tiny` (autoscaling 1-3) applied."""
+    monkeypatch.setenv("LLMDEPLOY_RAY_METRICS_URL_TEMPLATE", f"http://127.0.0.1:{dashboard.port}/metrics-of/{{name}}")
+    process = OperatorProcess(
+        tmp_path / "kubeconfig",
+        tmp_path / "operator.log",
+        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
+    )
+    process.start()
+    try:
+        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
+        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=process)
+        yield process
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output
+
+
+def status(kube: KubeAPI) -> dict[str, Any]:
+    return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+
+
 def _details(
     states: list[str], target: int, decisions: list[tuple[float, int, int, str]], queue: float
 ) -> dict[str, Any]:
@@ -77,122 +102,75 @@ def _details(
 
 
 def test_status_records_moves_and_queue_depth_that_ray_260_does_not_report(
-    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kube: KubeAPI, dashboard: FakeDashboard, running: OperatorProcess
 ) -> None:
-    monkeypatch.setenv("LLMDEPLOY_RAY_METRICS_URL_TEMPLATE", f"http://127.0.0.1:{dashboard.port}/metrics-of/{{name}}")
-    operator = OperatorProcess(
-        tmp_path / "kubeconfig",
-        tmp_path / "operator.log",
-        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
-    )
-    operator.start()
-    try:
-        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
-        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
+    dashboard.details = serve_details(["RUNNING"], 1)
+    wait_for(lambda: status(kube).get("readyReplicas") == 1, what="one ready", operator=running)
+    assert status(kube)["scalingHistory"] == []
+    assert "queueDepth" not in status(kube)
 
-        def status() -> dict[str, Any]:
-            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+    # The policy moves the target to 2 and its gauge shows the queue that made it.
+    dashboard.metrics = ray_metrics_text(9.5)
+    dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
+    wait_for(lambda: status(kube).get("desiredReplicas") == 2, what="the new target", operator=running)
+    current = status(kube)
+    assert (current["replicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 9.5)
+    [move] = current["scalingHistory"]
+    assert (move["from"], move["to"], move["reason"]) == (1, 2, "Ray Serve target 1 -> 2 (queue 9.5/replica)")
+    assert "/metrics-of/tiny/metrics" in dashboard.paths
 
-        dashboard.details = serve_details(["RUNNING"], 1)
-        wait_for(lambda: status().get("readyReplicas") == 1, what="one ready", operator=operator)
-        assert status()["scalingHistory"] == []
-        assert "queueDepth" not in status()
-
-        # The policy moves the target to 2 and its gauge shows the queue that made it.
-        dashboard.metrics = ray_metrics_text(9.5)
-        dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
-        wait_for(lambda: status().get("desiredReplicas") == 2, what="the new target", operator=operator)
-        current = status()
-        assert (current["replicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 9.5)
-        [move] = current["scalingHistory"]
-        assert (move["from"], move["to"], move["reason"]) == (1, 2, "Ray Serve target 1 -> 2 (queue 9.5/replica)")
-        assert "/metrics-of/tiny/metrics" in dashboard.paths
-
-        # Steady ticks add nothing; the way back down is the next entry.
-        dashboard.details = serve_details(["RUNNING", "RUNNING"], 2)
-        wait_for(lambda: status().get("readyReplicas") == 2, what="two ready", operator=operator)
-        dashboard.metrics = ray_metrics_text(0.0)
-        dashboard.details = serve_details(["RUNNING"], 1)
-        wait_for(lambda: status().get("desiredReplicas") == 1, what="back to one", operator=operator)
-        assert [(e["from"], e["to"]) for e in status()["scalingHistory"]] == [(1, 2), (2, 1)]
-        assert status()["queueDepth"] == 0.0
-    finally:
-        operator.stop()
-    assert "Traceback" not in operator.output
+    # Steady ticks add nothing; the way back down is the next entry.
+    dashboard.details = serve_details(["RUNNING", "RUNNING"], 2)
+    wait_for(lambda: status(kube).get("readyReplicas") == 2, what="two ready", operator=running)
+    dashboard.metrics = ray_metrics_text(0.0)
+    dashboard.details = serve_details(["RUNNING"], 1)
+    wait_for(lambda: status(kube).get("desiredReplicas") == 1, what="back to one", operator=running)
+    assert [(e["from"], e["to"]) for e in status(kube)["scalingHistory"]] == [(1, 2), (2, 1)]
+    assert status(kube)["queueDepth"] == 0.0
 
 
 def test_status_takes_rays_own_decisions_where_ray_reports_them(
-    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path
+    kube: KubeAPI, dashboard: FakeDashboard, running: OperatorProcess
 ) -> None:
-    operator = OperatorProcess(
-        tmp_path / "kubeconfig",
-        tmp_path / "operator.log",
-        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
+    dashboard.details = _details(["RUNNING", "STARTING"], 2, [(1_800_000_000.0, 1, 2, "queue 9/replica > 4")], 4.5)
+    wait_for(lambda: status(kube).get("replicas") == 2, what="replicas from the dashboard", operator=running)
+    current = status(kube)
+    assert (current["desiredReplicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 4.5)
+    assert current["scalingHistory"] == [
+        {"time": "2027-01-15T08:00:00Z", "from": 1, "to": 2, "reason": "queue 9/replica > 4"}
+    ]
+    assert "/default/tiny/api/serve/applications/" in dashboard.paths
+
+    dashboard.details = _details(
+        ["RUNNING", "RUNNING", "RUNNING"],
+        3,
+        [(1_800_000_000.0, 1, 2, "queue 9/replica > 4"), (1_800_000_060.0, 2, 3, "queue 6/replica > 4")],
+        1.0,
     )
-    operator.start()
-    try:
-        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
-        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
-        dashboard.details = _details(["RUNNING", "STARTING"], 2, [(1_800_000_000.0, 1, 2, "queue 9/replica > 4")], 4.5)
-
-        def status() -> dict[str, Any]:
-            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
-
-        wait_for(lambda: status().get("replicas") == 2, what="replicas from the dashboard", operator=operator)
-        current = status()
-        assert (current["desiredReplicas"], current["readyReplicas"], current["queueDepth"]) == (2, 1, 4.5)
-        assert current["scalingHistory"] == [
-            {"time": "2027-01-15T08:00:00Z", "from": 1, "to": 2, "reason": "queue 9/replica > 4"}
-        ]
-        assert "/default/tiny/api/serve/applications/" in dashboard.paths
-
-        dashboard.details = _details(
-            ["RUNNING", "RUNNING", "RUNNING"],
-            3,
-            [(1_800_000_000.0, 1, 2, "queue 9/replica > 4"), (1_800_000_060.0, 2, 3, "queue 6/replica > 4")],
-            1.0,
-        )
-        wait_for(lambda: status().get("readyReplicas") == 3, what="three ready", operator=operator)
-        assert [e["to"] for e in status()["scalingHistory"]] == [2, 3]
-        assert status()["queueDepth"] == 1.0
-    finally:
-        operator.stop()
-    assert "Traceback" not in operator.output
+    wait_for(lambda: status(kube).get("readyReplicas") == 3, what="three ready", operator=running)
+    assert [e["to"] for e in status(kube)["scalingHistory"]] == [2, 3]
+    assert status(kube)["queueDepth"] == 1.0
 
 
 def test_a_dashboard_that_wants_a_token_is_named_once_and_the_status_follows_the_spec(
-    kube: KubeAPI, dashboard: FakeDashboard, tmp_path: Path
+    kube: KubeAPI, dashboard: FakeDashboard, running: OperatorProcess
 ) -> None:
-    operator = OperatorProcess(
-        tmp_path / "kubeconfig",
-        tmp_path / "operator.log",
-        dashboard_url_template=f"http://127.0.0.1:{dashboard.port}/{{namespace}}/{{name}}",
-    )
-    operator.start()
-    try:
-        dashboard.refuse = 401
-        kube.put_object(*LLMD, llmdeployment("tiny", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
-        wait_for(lambda: kube.get(*RAYSERVICES, "default", "tiny"), what="RayService", timeout=60, operator=operator)
+    def refusals(code: int) -> int:
+        return running.output.count(f"the Ray dashboard refused to answer (HTTP {code}")
 
-        def status() -> dict[str, Any]:
-            return dict((kube.get(*LLMD, "default", "tiny") or {}).get("status") or {})
+    dashboard.refuse = 401
+    asked = len(dashboard.paths)
+    wait_for(lambda: len(dashboard.paths) >= asked + 4, what="several refused reads", operator=running)
+    assert refusals(401) == 1
+    assert "token authentication" in running.output
+    assert status(kube).get("desiredReplicas") == 1
+    assert "queueDepth" not in status(kube)
 
-        def refusals() -> int:
-            return operator.output.count("the Ray dashboard refused to answer (HTTP 401")
-
-        wait_for(lambda: len(dashboard.paths) >= 4, what="several refused reads", operator=operator)
-        assert refusals() == 1
-        assert "token authentication" in operator.output
-        assert status().get("desiredReplicas") == 1
-        assert "queueDepth" not in status()
-
-        # Readable again, then refused again: the next refusal is named again.
-        dashboard.refuse = None
-        dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
-        wait_for(lambda: status().get("desiredReplicas") == 2, what="the dashboard's target", operator=operator)
-        dashboard.refuse = 403
-        wait_for(lambda: "refused to answer (HTTP 403" in operator.output, what="the second refusal", operator=operator)
-    finally:
-        operator.stop()
-    assert refusals() == 1
-    assert "Traceback" not in operator.output
+    # Readable again, then refused again: the next refusal is named again, once.
+    dashboard.refuse = None
+    dashboard.details = serve_details(["RUNNING", "STARTING"], 2)
+    wait_for(lambda: status(kube).get("desiredReplicas") == 2, what="the dashboard's target", operator=running)
+    dashboard.refuse = 403
+    asked = len(dashboard.paths)
+    wait_for(lambda: len(dashboard.paths) >= asked + 4, what="refused reads again", operator=running)
+    assert (refusals(401), refusals(403)) == (1, 1)
