@@ -565,6 +565,9 @@ class RayServeController:
         decision = self.state.get_decision_num_replicas(current)
         if decision != current:
             reason = str((self.state._policy_state or {}).get("reason", ""))
+            if not cluster.ready() and decision > current:
+                # Ray's cold-start path: requests at zero running replicas get one without the policy.
+                reason = "Ray wakes a replica for queued requests (the policy is not called)"
             self.decisions.append((t, current, decision, reason))
             if decision > current:
                 self.state.record_scale_up()
