@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 import pytest
@@ -108,3 +109,35 @@ def test_request_dict_reads_one_shot_message_parts_without_losing_them() -> None
     assert first == second
     assert first["messages"][0]["content"] == [{"type": "text", "text": "hi"}]
     assert include_usage(first)
+
+
+def test_a_stream_is_stored_even_when_the_client_leaves_right_after_its_last_event() -> None:
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from llmdeploy.serving.cache.backends import MemoryBackend
+    from llmdeploy.serving.cache.key import Endpoint
+    from llmdeploy.serving.cache.service import ResponseCache
+
+    from .test_response_cache_sse import chat_stream
+
+    async def engine() -> AsyncIterator[str]:
+        for packet in chat_stream():
+            yield packet
+
+    async def scenario() -> bytes | None:
+        ingress = IngressExtensions.__new__(IngressExtensions)
+        ingress._llmdeploy_tasks = set()
+        cache = ResponseCache(MemoryBackend(max_entries=10), ttl_s=60)
+        tee = ingress._tee(cache, Endpoint.CHAT, "key", engine())
+        async for packet in tee:
+            if "[DONE]" in packet:
+                break
+        # The client has its last event and leaves: Ray closes the generator at that yield.
+        await tee.aclose()
+        await asyncio.gather(*ingress._llmdeploy_tasks)
+        return (await cache.get("key")).value
+
+    stored = asyncio.run(scenario())
+    assert stored is not None
+    assert json.loads(stored)["choices"][0]["message"]["content"] == "Hello"

@@ -281,12 +281,19 @@ class IngressExtensions:
     async def _tee(
         self, cache: ResponseCache, endpoint: Endpoint, key: str, stream: AsyncIterable[Any]
     ) -> AsyncIterator[Any]:
-        """Pass the stream through; once it has ended normally, store what it amounts to."""
+        """Pass the stream through, and store what it amounts to once its last event has come.
+
+        The store starts before the terminal `data: [DONE]` is handed on: a client that has it
+        may close the connection at once, and Ray then cancels this generator before it would
+        resume after its last yield.
+        """
         packets: list[str] = []
         async for packet in stream:
-            packets.append(packet if isinstance(packet, str) else bytes(packet).decode())
+            text = packet if isinstance(packet, str) else bytes(packet).decode()
+            packets.append(text)
+            if sse.sse_events([text])[-1:] == [sse.DONE]:
+                self._background(_store_stream(cache, endpoint, key, tuple(packets)))
             yield packet
-        self._background(_store_stream(cache, endpoint, key, packets))
 
 
 async def _store_body(cache: ResponseCache, key: str, body: bytes) -> None:
