@@ -45,8 +45,28 @@ def test_fresh_prefill_work_counts_as_load_until_it_drains() -> None:
     v.placed("a", block_hashes(long_prompt, BLOCK), matched_blocks=0, prompt_tokens=len(long_prompt), now=0.0)
     unrelated = block_hashes(list(range(50 * BLOCK)), BLOCK)
 
-    assert v.decide(unrelated, {"a": 0, "b": 0}, now=0.0).replica == "b"
+    assert v.decide(unrelated, {"a": 1, "b": 1}, now=0.0).replica == "b"
     assert v.backlog.backlog_s("a", now=60.0) == 0.0
+
+
+def test_a_holder_with_nothing_ongoing_keeps_its_repeats_however_much_prefill_was_estimated() -> None:
+    """The prefill estimate is one figure per accelerator; a replica faster than it finishes early.
+
+    Sequential requests on a fast replica: every earlier request is done (nothing ongoing), but
+    the estimated backlog of the long prompts it was sent has not drained yet.
+    """
+    v = view()
+    for seed in range(20):
+        prompt = list(range(seed * 100_000, seed * 100_000 + 4096))
+        v.placed("b", block_hashes(prompt, BLOCK), matched_blocks=0, prompt_tokens=len(prompt), now=0.0)
+    place(v, "b")
+    assert v.backlog.backlog_s("b", now=0.1) > 1.0
+
+    assert v.decide(HASHES, {"a": 1, "b": 1}, now=0.1).affinity is False, "while busy, the estimate counts"
+    decision = v.decide(HASHES, {"a": 0, "b": 0}, now=0.1)
+
+    assert (decision.replica, decision.affinity) == ("b", True)
+    assert v.backlog.backlog_s("b", now=0.1) == 0.0, "dropped, not carried into the next placement"
 
 
 def test_placements_go_to_the_outbox_and_back_after_a_failed_exchange() -> None:

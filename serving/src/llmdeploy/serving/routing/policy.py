@@ -125,7 +125,8 @@ class PrefillBacklog:
     A count of ongoing requests cannot tell a replica that just took a 6k-token prompt (busy
     prefilling for the next ~200 ms) from one decoding a few short answers. The router knows
     what it sent: each placement adds the expected prefill of its uncached tokens, and a
-    replica works its backlog off at one second per second. Pure: the caller passes the time.
+    replica works its backlog off at one second per second, and has none left once nothing
+    is ongoing there (`load`). Pure: the caller passes the time.
     """
 
     def __init__(self, params: RoutingParams) -> None:
@@ -143,6 +144,19 @@ class PrefillBacklog:
         """A request with this many uncached prompt tokens was placed on `replica` at `now`."""
         prefill = max(self._params.prefill_floor_s, uncached_tokens * self._params.prefill_s_per_token)
         self._backlog[replica] = (self.backlog_s(replica, now) + prefill, now)
+
+    def load(self, replica: str, queued: int, now: float) -> ReplicaLoad:
+        """The replica's load for `choose`, given its requests ongoing as the router sees them.
+
+        A replica with nothing ongoing has done every prefill it was sent, whatever the
+        estimate still says: the per-token cost is one figure per accelerator, and a faster
+        replica (a smaller model, shorter prompts than assumed) works its backlog off sooner.
+        Its backlog is dropped, so an overestimate never outlives the requests it came from.
+        """
+        if queued <= 0:
+            self._backlog.pop(replica, None)
+            return ReplicaLoad(replica, 0)
+        return ReplicaLoad(replica, queued, self.backlog_s(replica, now))
 
     def forget(self, replica: str) -> None:
         self._backlog.pop(replica, None)

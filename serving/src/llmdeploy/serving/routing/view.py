@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from llmdeploy.serving.routing.index import PrefixIndex
-from llmdeploy.serving.routing.policy import Decision, PrefillBacklog, ReplicaLoad, RoutingParams, choose
+from llmdeploy.serving.routing.policy import Decision, PrefillBacklog, RoutingParams, choose
 from llmdeploy.serving.routing.shared import Placement
 
 # Placements kept for the shared log while it is unreachable; older ones are dropped.
@@ -37,7 +37,7 @@ class RoutingView:
     def decide(self, hashes: Sequence[int], queued: Mapping[str, int], now: float) -> Decision:
         """Where a prompt of these block hashes should go, given each candidate's ongoing requests."""
         matches = self.index.match(hashes, queued)
-        loads = [ReplicaLoad(replica, count, self.backlog.backlog_s(replica, now)) for replica, count in queued.items()]
+        loads = [self.backlog.load(replica, count, now) for replica, count in queued.items()]
         return choose(len(hashes), matches, loads, self.params, self._rng)
 
     def placed(
