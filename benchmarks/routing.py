@@ -525,7 +525,8 @@ class Ours:
         started = time.perf_counter_ns()
         matches = self.index.match(hashes, [r.name for r in replicas])
         backlog = self.backlog
-        loads = [backlog.load(r.name, r.ongoing, t) if backlog else ReplicaLoad(r.name, r.ongoing) for r in replicas]
+        ongoing = {r.name: r.ongoing for r in replicas}
+        loads = backlog.loads(ongoing, t) if backlog else [ReplicaLoad(name, n) for name, n in ongoing.items()]
         decision = choose(len(hashes), matches, loads, self._params, self._rng)
         chosen = next(r for r in replicas if r.name == decision.replica)
         if not _room(chosen):

@@ -49,11 +49,11 @@ def test_fresh_prefill_work_counts_as_load_until_it_drains() -> None:
     assert v.backlog.backlog_s("a", now=60.0) == 0.0
 
 
-def test_a_holder_with_nothing_ongoing_keeps_its_repeats_however_much_prefill_was_estimated() -> None:
+def test_with_nothing_in_flight_a_holder_keeps_its_repeats_however_much_prefill_was_estimated() -> None:
     """The prefill estimate is one figure per accelerator; a replica faster than it finishes early.
 
-    Sequential requests on a fast replica: every earlier request is done (nothing ongoing), but
-    the estimated backlog of the long prompts it was sent has not drained yet.
+    Sequential requests on a fast replica: every earlier request is done (nothing ongoing
+    anywhere), but the estimated backlog of the long prompts it was sent has not drained yet.
     """
     v = view()
     for seed in range(20):
@@ -63,6 +63,7 @@ def test_a_holder_with_nothing_ongoing_keeps_its_repeats_however_much_prefill_wa
     assert v.backlog.backlog_s("b", now=0.1) > 1.0
 
     assert v.decide(HASHES, {"a": 1, "b": 1}, now=0.1).affinity is False, "while busy, the estimate counts"
+    assert v.decide(HASHES, {"a": 1, "b": 0}, now=0.1).affinity is False, "and while anything is in flight"
     decision = v.decide(HASHES, {"a": 0, "b": 0}, now=0.1)
 
     assert (decision.replica, decision.affinity) == ("b", True)

@@ -125,8 +125,8 @@ class PrefillBacklog:
     A count of ongoing requests cannot tell a replica that just took a 6k-token prompt (busy
     prefilling for the next ~200 ms) from one decoding a few short answers. The router knows
     what it sent: each placement adds the expected prefill of its uncached tokens, and a
-    replica works its backlog off at one second per second, and has none left once nothing
-    is ongoing there (`load`). Pure: the caller passes the time.
+    replica works its backlog off at one second per second; none is left once nothing is
+    ongoing anywhere (`loads`). Pure: the caller passes the time.
     """
 
     def __init__(self, params: RoutingParams) -> None:
@@ -145,18 +145,21 @@ class PrefillBacklog:
         prefill = max(self._params.prefill_floor_s, uncached_tokens * self._params.prefill_s_per_token)
         self._backlog[replica] = (self.backlog_s(replica, now) + prefill, now)
 
-    def load(self, replica: str, queued: int, now: float) -> ReplicaLoad:
-        """The replica's load for `choose`, given its requests ongoing as the router sees them.
+    def loads(self, queued: Mapping[str, int], now: float) -> list[ReplicaLoad]:
+        """The candidates' loads for `choose`, from their requests ongoing as the router sees them.
 
-        A replica with nothing ongoing has done every prefill it was sent, whatever the
-        estimate still says: the per-token cost is one figure per accelerator, and a faster
-        replica (a smaller model, shorter prompts than assumed) works its backlog off sooner.
-        Its backlog is dropped, so an overestimate never outlives the requests it came from.
+        With nothing ongoing at any candidate, every prefill the router sent is done, whatever
+        the estimate still says (the per-token cost is one figure per accelerator, and a faster
+        replica works its backlog off sooner), and there is no load to balance: the backlog
+        is dropped, so one client's sequential repeats stay with the replica that holds their
+        prefix. While anything is in flight it stays: it also spreads recent work, which a
+        per-replica reset lost (benchmarks/routing_engine.py put 65 of 100 requests on one
+        replica and lost 2 points of hit rate with it).
         """
-        if queued <= 0:
-            self._backlog.pop(replica, None)
-            return ReplicaLoad(replica, 0)
-        return ReplicaLoad(replica, queued, self.backlog_s(replica, now))
+        if not any(count > 0 for count in queued.values()):
+            self._backlog.clear()
+            return [ReplicaLoad(replica, 0) for replica in queued]
+        return [ReplicaLoad(replica, count, self.backlog_s(replica, now)) for replica, count in queued.items()]
 
     def forget(self, replica: str) -> None:
         self._backlog.pop(replica, None)

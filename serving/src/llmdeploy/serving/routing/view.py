@@ -37,8 +37,7 @@ class RoutingView:
     def decide(self, hashes: Sequence[int], queued: Mapping[str, int], now: float) -> Decision:
         """Where a prompt of these block hashes should go, given each candidate's ongoing requests."""
         matches = self.index.match(hashes, queued)
-        loads = [self.backlog.load(replica, count, now) for replica, count in queued.items()]
-        return choose(len(hashes), matches, loads, self.params, self._rng)
+        return choose(len(hashes), matches, self.backlog.loads(queued, now), self.params, self._rng)
 
     def placed(
         self, replica: str, hashes: Sequence[int], *, matched_blocks: int, prompt_tokens: int, now: float
