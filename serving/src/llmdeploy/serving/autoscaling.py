@@ -372,16 +372,12 @@ def _full_batch_throughput(samples: Sequence[tuple[float, float]], max_num_seqs:
     sizes = [b for b, _ in samples]
     if max(sizes) - min(sizes) < _BATCH_MIN_SPREAD * max_num_seqs:
         return None
-    mean_b = sum(sizes) / n
-    mean_t = sum(t for _, t in samples) / n
-    spread = sum((b - mean_b) ** 2 for b in sizes)
-    slope = sum((b - mean_b) * (t - mean_t) for b, t in samples) / spread
-    residual = sum((t - mean_t - slope * (b - mean_b)) ** 2 for b, t in samples) / (n - 2)
+    line = _Line.fit(samples)
     # Less one standard error: noise must not make the knee look nearer than it is.
-    slope -= math.sqrt(residual / spread)
+    slope = line.slope - line.slope_error
     if slope <= 0:
         return None
-    full = mean_t + slope * (max_num_seqs - mean_b)
+    full = line.mean_y + slope * (max_num_seqs - line.mean_x)
     return max_num_seqs / full
 
 
@@ -403,12 +399,28 @@ def _trend(samples: Sequence[tuple[float, float]]) -> float:
         return 0.0
     mid = len(slopes) // 2
     median = slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
-    spread = sum((t - mean_t) ** 2 for t, _ in samples)
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
-    residual = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in samples) / (n - 2)
-    return max(0.0, median - _TREND_CONFIDENCE * math.sqrt(residual / spread))
+    return max(0.0, median - _TREND_CONFIDENCE * _Line.fit(samples).slope_error)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A least-squares line through (x, y) points, with the standard error of its slope."""
+
+    mean_x: float
+    mean_y: float
+    slope: float
+    slope_error: float
+
+    @classmethod
+    def fit(cls, points: Sequence[tuple[float, float]]) -> _Line:
+        """At least three points, not all with the same x (the callers check both)."""
+        n = len(points)
+        mean_x = sum(x for x, _ in points) / n
+        mean_y = sum(y for _, y in points) / n
+        spread = sum((x - mean_x) ** 2 for x, _ in points)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+        residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in points) / (n - 2)
+        return cls(mean_x, mean_y, slope, math.sqrt(residual / spread))
 
 
 @dataclass(frozen=True)
